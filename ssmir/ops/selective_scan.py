@@ -1,0 +1,342 @@
+"""The selective scan (Mamba's S6 recurrence) with interchangeable backends.
+
+Semantics are those of mamba-ssm's ``selective_scan_fn``::
+
+    delta <- softplus(delta + delta_bias)        (bias and softplus when asked)
+    h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t    = sum_n C_{t,n} h_{t,n} + D * u_t
+    y      = y * silu(z)                           (when z is given)
+
+Shapes: u, delta, z (batch, D, L); A (D, N); B, C (batch, N, L) or grouped (batch, G, N, L),
+where group g serves channels g*D/G ... (g+1)*D/G - 1; D, delta_bias (D,).
+Math runs in float32 (float64 for float64 inputs); the result has the dtype of ``u``.
+
+Backends (``backend=`` argument, else the ``SSMIR_SCAN_BACKEND`` environment variable, else "auto"):
+
+``reference``  a plain sequential loop in PyTorch; slow, kept as the oracle for tests.
+``torch``      a parallel (Hillis-Steele) scan in PyTorch, chunked; runs on any device.
+``numba``      compiled CPU kernels (forward and backward); the CPU default when numba is installed.
+``cuda``       mamba-ssm's CUDA kernel; the CUDA default when ``mamba_ssm`` is importable.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+BACKENDS = ("auto", "reference", "torch", "numba", "cuda")
+ENV_VAR = "SSMIR_SCAN_BACKEND"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, D, L), got shape {tuple(u.shape)}")
+    nb, nd, L = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != nd:
+        raise ValueError(f"selective_scan: A must be (D={nd}, N), got {tuple(A.shape)}")
+    if A.is_complex():
+        raise NotImplementedError("selective_scan: complex A is not implemented")
+    N = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3:
+            t = t.unsqueeze(1)
+        if t.dim() != 4 or t.shape[0] != nb or t.shape[2] != N or t.shape[3] != L:
+            raise ValueError(
+                f"selective_scan: {name} must be (batch={nb}, N={N}, L={L}) or (batch, G, N, L), "
+                f"got {tuple(t.shape)}"
+            )
+        if nd % t.shape[1] != 0:
+            raise ValueError(f"selective_scan: {name} has {t.shape[1]} groups, which do not divide D={nd}")
+    if _grouped(B).shape[1] != _grouped(C).shape[1]:
+        raise ValueError("selective_scan: B and C must have the same number of groups")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (nd,):
+            raise ValueError(f"selective_scan: {name} must be ({nd},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
+
+
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _grouped(t: torch.Tensor) -> torch.Tensor:
+    """(batch, N, L) -> (batch, 1, N, L); grouped tensors pass through."""
+    return t.unsqueeze(1) if t.dim() == 3 else t
+
+
+def _prepare_delta(delta, delta_bias, delta_softplus):
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                             return_last_state=False):
+    """Sequential loop over time; the oracle the other backends are tested against."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    ct = _compute_dtype(u)
+    u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
+    B, C = _grouped(B).to(ct), _grouped(C).to(ct)
+    nb, nd, L = u.shape
+    reps = nd // B.shape[1]
+    B = B.repeat_interleave(reps, dim=1)  # (batch, D, N, L)
+    C = C.repeat_interleave(reps, dim=1)
+    delta = _prepare_delta(delta, None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+    h = u.new_zeros(nb, nd, A.shape[1])
+    ys = []
+    for t in range(L):
+        dt = delta[:, :, t, None]  # (batch, D, 1)
+        h = torch.exp(dt * A) * h + dt * B[:, :, :, t] * u[:, :, t, None]
+        ys.append((h * C[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(nb, nd, 0)
+    if D is not None:
+        y = y + u * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    y = y.to(dtype_in)
+    return (y, h.to(dtype_in)) if return_last_state else y
+
+
+# --------------------------------------------------------------------------- pure PyTorch, any device
+
+_TORCH_CHUNK = 256
+
+
+def _scan_chunk(a, x, h0):
+    """Inclusive scan of h_t = a_t * h_{t-1} + x_t along dim 2 of (batch, D, T, N), from state h0."""
+    T = a.shape[2]
+    offset = 1
+    while offset < T:
+        x = torch.cat([x[:, :, :offset], a[:, :, offset:] * x[:, :, :-offset] + x[:, :, offset:]], dim=2)
+        a = torch.cat([a[:, :, :offset], a[:, :, offset:] * a[:, :, :-offset]], dim=2)
+        offset *= 2
+    return x + a * h0[:, :, None, :]
+
+
+def _torch_chunk_outputs(u, delta, A, B, C, h0):
+    """Outputs (batch, D, T) and last state of one time chunk. B, C: (batch, G, N, T)."""
+    nb, nd, T = u.shape
+    G = B.shape[1]
+    a = torch.exp(delta[..., None] * A[:, None, :])  # (batch, D, T, N)
+    du = (delta * u).view(nb, G, nd // G, T)
+    x = torch.einsum("bgdt,bgnt->bgdtn", du, B).reshape(nb, nd, T, -1)
+    h = _scan_chunk(a, x, h0)  # (batch, D, T, N)
+    y = torch.einsum("bgdtn,bgnt->bgdt", h.view(nb, G, nd // G, T, -1), C).reshape(nb, nd, T)
+    return y, h[:, :, -1]
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False, chunk: int = _TORCH_CHUNK):
+    """Parallel scan in PyTorch, chunked along time; runs on CPU, CUDA and MPS tensors.
+
+    Within a chunk of ``chunk`` steps the recurrence is solved by a log-depth (Hillis-Steele) scan;
+    chunks are chained through their last state. With autograd on, each chunk is recomputed in
+    the backward pass (activation checkpointing), so memory stays O(batch * D * chunk * N).
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    ct = _compute_dtype(u)
+    u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
+    B, C = _grouped(B).to(ct), _grouped(C).to(ct)
+    delta = _prepare_delta(delta, None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+    nb, nd, L = u.shape
+    h = u.new_zeros(nb, nd, A.shape[1])
+    ys = []
+    use_ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+    for t0 in range(0, L, chunk):
+        sl = slice(t0, min(L, t0 + chunk))
+        args = (u[:, :, sl], delta[:, :, sl], A, B[..., sl], C[..., sl], h)
+        if use_ckpt:
+            y_c, h = checkpoint(_torch_chunk_outputs, *args, use_reentrant=False)
+        else:
+            y_c, h = _torch_chunk_outputs(*args)
+        ys.append(y_c)
+    y = torch.cat(ys, dim=-1) if ys else u.new_zeros(nb, nd, 0)
+    if D is not None:
+        y = y + u * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    y = y.to(dtype_in)
+    return (y, h.to(dtype_in)) if return_last_state else y
+
+
+# --------------------------------------------------------------------------- numba (compiled CPU)
+
+_NUMBA_CHUNK = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_kernels():
+    try:
+        from ssmir.ops import _numba_scan
+    except ImportError as e:  # numba missing or broken: callers fall back
+        raise RuntimeError(f"the numba scan backend is unavailable ({e}); pip install numba") from e
+    return _numba_scan
+
+
+def numba_available() -> bool:
+    try:
+        _numba_kernels()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _set_numba_threads():
+    import numba
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+class _NumbaScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        k = _numba_kernels()
+        _set_numba_threads()
+        nb, nd, L = u.shape
+        N = A.shape[1]
+        Bt = B.transpose(-1, -2).contiguous()  # (batch, G, L, N)
+        Ct = C.transpose(-1, -2).contiguous()
+        y = torch.empty_like(u)
+        h_last = u.new_empty(nb, nd, N)
+        h_ckpt = u.new_empty(nb, nd, max(1, math.ceil(L / _NUMBA_CHUNK)), N)
+        has_z = z is not None
+        z_arr = z if has_z else u.new_zeros(1, 1, 1)
+        k.scan_forward(u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(),
+                       z_arr.numpy(), delta_bias.numpy(), delta_softplus, has_z, _NUMBA_CHUNK,
+                       y.numpy(), h_last.numpy(), h_ckpt.numpy())
+        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z_arr, delta_bias, h_ckpt)
+        ctx.flags = (delta_softplus, has_z)
+        ctx.mark_non_differentiable(h_last)
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, dy, _dh_last):
+        k = _numba_kernels()
+        _set_numba_threads()
+        u, delta, A, Bt, Ct, D, z_arr, delta_bias, h_ckpt = ctx.saved_tensors
+        delta_softplus, has_z = ctx.flags
+        nb, nd, L = u.shape
+        G = Bt.shape[1]
+        dpg = nd // G
+        parts = max(1, min(dpg, math.ceil(2 * torch.get_num_threads() / (nb * G))))
+        dy = dy.contiguous()
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(u)
+        dz = torch.empty_like(u) if has_z else u.new_zeros(1, 1, 1)
+        dA = torch.empty(nb, *A.shape, dtype=torch.float64)
+        dD = torch.empty(nb, nd, dtype=torch.float64)
+        ddbias = torch.empty(nb, nd, dtype=torch.float64)
+        dB_parts = u.new_zeros(nb, G, parts, L, A.shape[1])
+        dC_parts = u.new_zeros(nb, G, parts, L, A.shape[1])
+        k.scan_backward(u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(),
+                        z_arr.numpy(), delta_bias.numpy(), delta_softplus, has_z, _NUMBA_CHUNK,
+                        h_ckpt.numpy(), dy.numpy(), parts, du.numpy(), ddelta.numpy(), dz.numpy(),
+                        dA.numpy(), dD.numpy(), ddbias.numpy(), dB_parts.numpy(), dC_parts.numpy())
+        dB = dB_parts.sum(2).transpose(-1, -2)  # (batch, G, N, L)
+        dC = dC_parts.sum(2).transpose(-1, -2)
+        return (du, ddelta, dA.sum(0).to(u.dtype), dB, dC, dD.sum(0).to(u.dtype),
+                dz if has_z else None, ddbias.sum(0).to(u.dtype), None)
+
+
+def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    """Compiled CPU scan (numba); differentiable in every tensor argument except the last state."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type != "cpu":
+        raise ValueError(f"selective_scan: the numba backend runs on CPU tensors, got {u.device}")
+    dtype_in = u.dtype
+    ct = _compute_dtype(u)
+    nd = u.shape[1]
+    args = [
+        u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct).contiguous(),
+        _grouped(B).to(ct).contiguous(), _grouped(C).to(ct).contiguous(),
+        (D if D is not None else u.new_zeros(nd)).to(ct).contiguous(),
+        None if z is None else z.to(ct).contiguous(),
+        (delta_bias if delta_bias is not None else u.new_zeros(nd)).to(ct).contiguous(),
+    ]
+    y, h_last = _NumbaScan.apply(*args, bool(delta_softplus))
+    y = y.to(dtype_in)
+    return (y, h_last.to(dtype_in)) if return_last_state else y
+
+
+# --------------------------------------------------------------------------- mamba-ssm CUDA
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_fn():
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # not installed, or installed without a working CUDA build
+        return None
+    return selective_scan_fn
+
+
+def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        return_last_state=False):
+    """mamba-ssm's CUDA kernel; requires the optional ``mamba_ssm`` package and CUDA tensors."""
+    fn = _mamba_ssm_fn()
+    if fn is None:
+        raise RuntimeError("selective_scan: backend 'cuda' needs the mamba_ssm package (pip install mamba-ssm)")
+    if u.device.type != "cuda":
+        raise ValueError(f"selective_scan: backend 'cuda' needs CUDA tensors, got {u.device}")
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    B, C = B.contiguous(), C.contiguous()
+    return fn(u.contiguous(), delta.contiguous(), A.contiguous(), B, C,
+              None if D is None else D.float(), None if z is None else z.contiguous(),
+              None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+_IMPLS = {
+    "reference": selective_scan_reference,
+    "torch": selective_scan_torch,
+    "numba": selective_scan_numba,
+    "cuda": selective_scan_cuda,
+}
+
+
+def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """The backend a call on ``device`` uses: the argument, else $SSMIR_SCAN_BACKEND, else the fastest available."""
+    name = backend or os.environ.get(ENV_VAR) or "auto"
+    if name not in BACKENDS:
+        source = "backend argument" if backend else f"${ENV_VAR}"
+        raise ValueError(f"selective_scan: unknown {source} {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    dev = torch.device(device).type
+    if dev == "cpu":
+        return "numba" if numba_available() else "torch"
+    if dev == "cuda" and _mamba_ssm_fn() is not None:
+        return "cuda"
+    return "torch"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend: str | None = None):
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics (see the module docstring).
+
+    Returns ``y`` (batch, D, L) in the dtype of ``u``, or ``(y, last_state)`` with last_state
+    (batch, D, N) when ``return_last_state``.
+    """
+    impl = _IMPLS[resolve_backend(u.device, backend)]
+    return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                return_last_state=return_last_state)
