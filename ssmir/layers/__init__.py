@@ -1,0 +1,1 @@
+"""Reusable building blocks: norms, channel mixers, resampling, the MHSSM token mixer."""

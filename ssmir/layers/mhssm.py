@@ -1,0 +1,177 @@
+"""EAMamba's Multi-Head Selective Scan Module (MHSSM), the token mixer of its blocks.
+
+The inner channels are either split into ``scan_count`` heads ("concate" merge) or copied to
+every head ("add" merge). Each head scans its channels along its own all-around order
+(``ssmir.ops.scan_orders.all_around_orders``) with its own projections and state matrices;
+the heads' outputs are put back in row-major order and concatenated or summed.
+
+Parameter names (``in_proj``, ``conv``, ``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``,
+``A_logs``, ``Ds``, ``out_norm``, ``out_proj``) are the official ones so that released
+checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_inverses, all_around_orders
+from ssmir.ops.selective_scan import selective_scan
+
+MERGE_METHODS = ("add", "concate")
+
+
+@dataclass
+class MHSSMConfig:
+    """EAMamba's ``mamba_cfg`` (YAML keys), validated."""
+
+    scan_type: str | None = None
+    scan_count: int = 1
+    scan_merge_method: str = "concate"
+    use_checkpoint: bool = False
+    conv_2d: bool = False
+    disable_z_branch: bool = False
+    d_state: int = 16
+    d_conv: int = 4
+    expand: float = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: str = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+
+    # keys of the official constructor that do not change the network
+    _IGNORED = ("layer_idx", "device", "dtype")
+
+    @classmethod
+    def from_dict(cls, cfg: dict | None) -> MHSSMConfig:
+        cfg = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        for key in cls._IGNORED:
+            cfg.pop(key, None)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"mamba_cfg: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        out = cls(**cfg)
+        if isinstance(out.scan_type, str):
+            out.scan_type = None if out.scan_type.lower() == "none" else out.scan_type.lower()
+        if out.scan_type not in SCAN_TYPES:
+            raise ValueError(f"mamba_cfg.scan_type {out.scan_type!r} is not one of {SCAN_TYPES}")
+        if out.scan_count not in SCAN_COUNTS:
+            raise ValueError(f"mamba_cfg.scan_count {out.scan_count!r} is not one of {SCAN_COUNTS}")
+        if out.scan_count > 1 and out.scan_merge_method not in MERGE_METHODS:
+            raise ValueError(f"mamba_cfg.scan_merge_method {out.scan_merge_method!r} is not one of {MERGE_METHODS}")
+        if out.dt_init not in ("random", "constant"):
+            raise ValueError(f"mamba_cfg.dt_init {out.dt_init!r} is not 'random' or 'constant'")
+        return out
+
+
+class MultiHeadSelectiveScan(nn.Module):
+    """MHSSM: (B, L, C) tokens of an H x W map -> (B, L, C)."""
+
+    def __init__(self, d_model: int, cfg: MHSSMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.d_model = d_model
+        self.d_state = cfg.d_state
+        self.d_inner = int(cfg.expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if cfg.dt_rank == "auto" else int(cfg.dt_rank)
+        self.heads = cfg.scan_count
+        self.concat_heads = cfg.scan_merge_method == "concate" or self.heads == 1
+        if self.concat_heads and self.d_inner % self.heads:
+            raise ValueError(f"MHSSM: inner width {self.d_inner} is not divisible by scan_count {self.heads}")
+        self.d_head = self.d_inner // self.heads if self.concat_heads else self.d_inner
+
+        self.in_proj = nn.Linear(d_model, self.d_inner * (1 if cfg.disable_z_branch else 2), bias=cfg.bias)
+        if cfg.conv_2d:
+            self.conv = nn.Conv2d(self.d_inner, self.d_inner, cfg.d_conv, padding=(cfg.d_conv - 1) // 2,
+                                  groups=self.d_inner, bias=cfg.conv_bias)
+        else:
+            self.conv = nn.Conv1d(self.d_inner, self.d_inner, cfg.d_conv, padding=cfg.d_conv - 1,
+                                  groups=self.d_inner, bias=cfg.conv_bias)
+        self.out_norm = nn.LayerNorm(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=cfg.bias)
+
+        k, d, r, n = self.heads, self.d_head, self.dt_rank, self.d_state
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))  # per head: d -> (dt, B, C)
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d))
+        self.A_logs = nn.Parameter(torch.empty(k * d, n))
+        self.Ds = nn.Parameter(torch.empty(k * d))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """The official initialisation: Linear-default x_proj, Mamba's dt init, S4D-real A, D = 1."""
+        cfg = self.cfg
+        bound = 1.0 / math.sqrt(self.d_head)  # nn.Linear's default for the x projections
+        self.x_proj_weight.uniform_(-bound, bound)
+        dt_std = self.dt_rank**-0.5 * cfg.dt_scale
+        if cfg.dt_init == "constant":
+            self.dt_projs_weight.fill_(dt_std)
+        else:
+            self.dt_projs_weight.uniform_(-dt_std, dt_std)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def _maybe_checkpoint(self, fn, x):
+        if self.cfg.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
+
+    def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, length, _ = tokens.shape
+        h, w = size
+        k, d = self.heads, self.d_head
+
+        xz = rearrange(self._maybe_checkpoint(self.in_proj, tokens), "b l c -> b c l")
+        x, z = (xz, None) if self.cfg.disable_z_branch else xz.chunk(2, dim=1)
+
+        if self.cfg.conv_2d:
+            x = rearrange(x, "b c (h w) -> b c h w", h=h, w=w)
+            x = rearrange(self._maybe_checkpoint(self.conv, x), "b c h w -> b c (h w)")
+        else:
+            x = self._maybe_checkpoint(self.conv, x)[..., :length]
+        x = F.silu(x)  # (B, d_inner, L)
+
+        # heads, each in its own scan order: (B, K, d, L)
+        orders = all_around_orders(self.cfg.scan_type, k, h, w).to(x.device)
+        heads = x.view(b, k, d, length) if self.concat_heads else x.unsqueeze(1).expand(b, k, d, length)
+        xs = torch.gather(heads, 3, orders[None, :, None, :].expand(b, k, d, length))
+
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        y = selective_scan(
+            xs.float().reshape(b, k * d, length),
+            dts.float().reshape(b, k * d, length),
+            -torch.exp(self.A_logs.float()),
+            Bs.float(),  # (B, K, N, L): head k's channels share group k
+            Cs.float(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().view(-1),
+            delta_softplus=True,
+        ).view(b, k, d, length)
+
+        inverses = all_around_inverses(self.cfg.scan_type, k, h, w).to(y.device)
+        y = torch.gather(y, 3, inverses[None, :, None, :].expand(b, k, d, length))
+        y = y.reshape(b, k * d, length) if self.concat_heads else y.sum(dim=1)  # (B, d_inner, L)
+
+        y = self.out_norm(rearrange(y, "b c l -> b l c"))
+        if z is not None:
+            y = y * F.silu(rearrange(z, "b c l -> b l c"))
+        return self._maybe_checkpoint(self.out_proj, y)

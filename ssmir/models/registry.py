@@ -1,0 +1,40 @@
+"""Name -> constructor registry for every architecture ssmir implements (``ssmir.models.create``)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an architecture creatable by ``create(name, **args)``."""
+
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return wrap
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - the public name the issue asks for
+    """Names of the available architectures."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create(name: str, **args) -> nn.Module:
+    """Build architecture ``name`` from its official constructor arguments."""
+    return get(name)(**args)
