@@ -83,6 +83,8 @@ class EAMamba(nn.Module):
     dual-pixel views stacked as 6 channels and replaces the global residual by a skip conv.
     """
 
+    size_multiple = 8  # three 2x downsamplings
+
     def __init__(self, inp_channels=3, out_channels=3, dim=64, num_blocks=(4, 6, 6, 7), num_refinement_blocks=2,
                  ffn_expansion_factor=2.0, bias=False, layernorm_type=None, dual_pixel_task=False,
                  checkpoint_percentage=0.0, channel_mixer_type="Simple", upscale=1, mamba_cfg=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import copy
 from collections.abc import Callable
 
 from torch import nn
@@ -36,5 +37,11 @@ def get(name: str) -> Callable[..., nn.Module]:
 
 
 def create(name: str, **args) -> nn.Module:
-    """Build architecture ``name`` from its official constructor arguments."""
-    return get(name)(**args)
+    """Build architecture ``name`` from its official constructor arguments.
+
+    The result carries ``model.ssmir_config = {"name": name, "args": args}`` so that it can be
+    saved and rebuilt without a config file.
+    """
+    model = get(name)(**copy.deepcopy(args))
+    model.ssmir_config = {"name": name, "args": copy.deepcopy(args)}
+    return model

@@ -1,0 +1,1 @@
+"""Evaluation: the padded/tiled inference helper, metrics, benchmark testers."""

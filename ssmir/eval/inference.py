@@ -1,0 +1,47 @@
+"""Run a restoration model on an image of any size.
+
+Models have size constraints (EAMamba's UNet needs H and W divisible by 8); ``run_model`` pads
+by reflection to the model's multiple, runs it, and crops the output back (scaled by the model's
+upscale factor). The model's own ``forward`` is left untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def size_multiple(model: nn.Module) -> int:
+    """The multiple that H and W must have for ``model`` (8 for the EAMamba UNet, else 1)."""
+    return int(getattr(model, "size_multiple", 1))
+
+
+def upscale_factor(model: nn.Module) -> int:
+    return int(getattr(model, "upscale", 1) or 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) at the bottom/right to multiples of ``multiple``; returns the padded tensor and (H, W).
+
+    Reflection padding where the image is large enough for it, replication otherwise.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+@torch.no_grad()
+def run_model(model: nn.Module, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    """Forward (B, C, H, W) of any H, W through ``model``; extra inputs (e.g. events) are padded alike."""
+    if x.dim() != 4:
+        raise ValueError(f"run_model: expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    m = size_multiple(model)
+    xp, (h, w) = pad_to_multiple(x, m)
+    extra = tuple(pad_to_multiple(e, m)[0] for e in extra)
+    out = model(xp, *extra)
+    s = upscale_factor(model)
+    return out[..., : h * s, : w * s]

@@ -1,0 +1,175 @@
+"""EAMamba and EAMambaSR: golden outputs of the official code, released key layouts, options."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import ssmir.models as M
+from ssmir.eval.inference import run_model
+from tests.conftest import golden_dir
+
+SMALL_CFG = {"scan_type": "diagonal", "scan_count": 8, "scan_merge_method": "concate", "d_state": 4, "d_conv": 3,
+             "expand": 1, "conv_2d": True}
+
+
+def small_unet(**kw):
+    args = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, mamba_cfg=dict(SMALL_CFG))
+    args.update(kw)
+    return M.create("eamamba", **args)
+
+
+def _golden_cases():
+    try:
+        return sorted(golden_dir("eamamba").glob("*.pt"))
+    except pytest.skip.Exception:
+        return []
+
+
+@pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.stem)
+def test_golden_case_matches_official_output(path):
+    g = torch.load(path, weights_only=False)
+    model = M.create(g["name"], **g["args"])
+    model.load_state_dict(g["state_dict"], strict=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(g["input"])
+    ref = g["output"]
+    scale = (ref - g["input"]).abs().max() if ref.shape == g["input"].shape else ref.abs().max()
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-4 * scale
+
+
+def _released_configs():
+    try:
+        return json.loads((golden_dir("eamamba") / "full_configs.json").read_text())
+    except pytest.skip.Exception:
+        return {}
+
+
+@pytest.mark.parametrize("config", sorted(_released_configs()))
+def test_released_config_has_official_key_layout_and_parameter_count(config):
+    d = golden_dir("eamamba")
+    spec = _released_configs()[config]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the official args must need no guessing
+        model = M.create(spec["name"], **spec["args"])
+    keys = json.loads((d / f"keys_{config}.json").read_text())
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == keys
+    assert sum(p.numel() for p in model.parameters()) == spec["params"]
+
+
+def test_registry_lists_and_rejects_unknown_names():
+    assert {"eamamba", "eamambasr"} <= set(M.list())
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        M.create("nope")
+
+
+@pytest.mark.parametrize("scan_type", [None, "diagonal", "zorder", "zigzag", "hilbert"])
+@pytest.mark.parametrize("count,merge", [(1, "concate"), (2, "add"), (4, "concate"), (8, "add")])
+def test_every_scan_setting_runs_and_uses_the_fast_scan_consistently(scan_type, count, merge, monkeypatch):
+    cfg = dict(SMALL_CFG, scan_type=scan_type, scan_count=count, scan_merge_method=merge)
+    model = small_unet(mamba_cfg=cfg).eval()
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        fast = model(x)
+        monkeypatch.setenv("SSMIR_SCAN_BACKEND", "reference")
+        ref = model(x)
+    assert fast.shape == x.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_one_channel_per_head_loads_its_own_state_dict():
+    # d_inner == scan_count: one channel per head (the official code fails to reload this)
+    cfg = dict(SMALL_CFG, scan_count=8, expand=1)
+    model = M.create("eamambasr", dim=8, num_blocks=[1], ffn_expansion_factor=2, upscale=2, mamba_cfg=cfg)
+    clone = M.create("eamambasr", dim=8, num_blocks=[1], ffn_expansion_factor=2, upscale=2, mamba_cfg=cfg)
+    clone.load_state_dict(model.state_dict(), strict=True)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), model(x))
+
+
+@pytest.mark.parametrize("mixer", ["Simple", "GDFN", "FFN", "CCA"])
+@pytest.mark.parametrize("norm", ["WithBias", "BiasFree"])
+def test_channel_mixers_and_norms(mixer, norm):
+    model = small_unet(channel_mixer_type=mixer, LayerNorm_type=norm).eval()
+    assert ("encoder_level1.0.norm1.body.bias" in model.state_dict()) == (norm == "WithBias")
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3, 16, 16)
+
+
+def test_norm_spellings_agree_or_raise():
+    a = small_unet(layernorm_type="BiasFree")
+    b = small_unet(LayerNorm_type="BiasFree")
+    assert a.state_dict().keys() == b.state_dict().keys()
+    with pytest.raises(ValueError, match="disagree"):
+        small_unet(layernorm_type="BiasFree", LayerNorm_type="WithBias")
+
+
+def test_conv1d_and_disabled_gate():
+    cfg = dict(SMALL_CFG, conv_2d=False, d_conv=4, disable_z_branch=True)
+    model = small_unet(mamba_cfg=cfg).eval()
+    assert model.state_dict()["encoder_level1.0.mamba.in_proj.weight"].shape[0] == 16  # no z half
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 8, 16)).shape == (1, 3, 8, 16)
+
+
+def test_gradient_checkpointing_gives_identical_outputs_and_gradients():
+    torch.manual_seed(1)
+    plain = small_unet()
+    ckpt = small_unet(checkpoint_percentage=1.0, mamba_cfg=dict(SMALL_CFG, use_checkpoint=True))
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 3, 16, 16)
+    outs, grads = [], []
+    for m in (plain, ckpt):
+        m.zero_grad()
+        y = m(x)
+        y.square().mean().backward()
+        outs.append(y.detach())
+        grads.append(m.patch_embed.proj.weight.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_unet_upscale_produces_scaled_output():
+    model = small_unet(upscale=2).eval()
+    assert "upsample.0.weight" in model.state_dict()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 16, 16)).shape == (1, 3, 32, 32)
+
+
+def test_default_unet_has_no_upsample_keys():
+    assert not any(k.startswith("upsample") for k in small_unet().state_dict())
+
+
+@pytest.mark.parametrize("size", [(17, 23), (8, 8), (5, 3), (33, 40)])
+def test_run_model_handles_any_size(size):
+    model = small_unet().eval()
+    x = torch.rand(1, 3, *size)
+    out = run_model(model, x)
+    assert out.shape == x.shape
+
+
+def test_run_model_equals_forward_on_valid_sizes():
+    model = small_unet().eval()
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(run_model(model, x), model(x))
+
+
+def test_run_model_scales_sr_output():
+    model = M.create("eamambasr", dim=8, num_blocks=[1], upscale=3, ffn_expansion_factor=1, mamba_cfg=SMALL_CFG)
+    assert run_model(model.eval(), torch.rand(1, 3, 7, 9)).shape == (1, 3, 21, 27)
+
+
+def test_unknown_arguments_warn_and_bad_config_raises():
+    with pytest.warns(UserWarning, match="bogus"):
+        small_unet(bogus=1)
+    with pytest.raises(ValueError, match="mamba_cfg: unknown key"):
+        small_unet(mamba_cfg=dict(SMALL_CFG, scan_typo="x"))
+    with pytest.raises(ValueError, match="channel_mixer_type"):
+        small_unet(channel_mixer_type="MLP")
+    with pytest.raises(ValueError, match="scan_count"):
+        small_unet(mamba_cfg=dict(SMALL_CFG, scan_count=3))
