@@ -30,7 +30,8 @@ def _read_pth(path: Path, trust_pickle: bool) -> dict:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
         if not trust_pickle and "weights_only" in str(e):
-            hint = " (it needs full unpickling: pass trust_pickle=True / --trust-checkpoint only if you trust its source)"
+            hint = (" (it needs full unpickling: pass trust_pickle=True / --trust-checkpoint"
+                    " only if you trust its source)")
         raise CheckpointError(f"{path}: cannot read checkpoint: {msg}{hint}") from None
 
 

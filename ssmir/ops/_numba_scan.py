@@ -147,3 +147,38 @@ def scan_backward(u, delta, A, Bt, Ct, Dv, z, dbias, softplus, has_z, chunk, h_c
             dA[bi, di, :] = dA_acc
             dD[bi, di] = dD_acc
             ddbias[bi, di] = dbias_acc
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def scan_forward_chunk(u, dt, dA, Bt, Ct, Dv, z, has_z, t0, ckpt_every, y, h, h_ckpt):
+    """Forward over one time chunk with ``dt`` (B, D, T) and ``dA = exp(dt * A)`` (B, D, T, N) precomputed.
+
+    ``u``, ``z``, ``y`` are the chunk's (B, D, T) slices; ``h`` (B, D, N) carries the state in and out;
+    the state before every global step ``t0 + j`` divisible by ``ckpt_every`` goes to ``h_ckpt``.
+    """
+    nb, nd, T = u.shape
+    N = dA.shape[3]
+    G = Bt.shape[1]
+    dpg = nd // G
+    for task in numba.prange(nb * nd):
+        bi = task // nd
+        di = task % nd
+        gi = di // dpg
+        hs = h[bi, di]
+        d_skip = Dv[di]
+        for j in range(T):
+            t = t0 + j
+            if t % ckpt_every == 0:
+                h_ckpt[bi, di, t // ckpt_every, :] = hs
+            ut = u[bi, di, j]
+            dtu = dt[bi, di, j] * ut
+            acc = dtu * 0
+            for n in range(N):
+                hn = dA[bi, di, j, n] * hs[n] + dtu * Bt[bi, gi, j, n]
+                hs[n] = hn
+                acc += Ct[bi, gi, j, n] * hn
+            yt = acc + d_skip * ut
+            if has_z:
+                zt = z[bi, di, j]
+                yt = yt * zt / (1.0 + math.exp(-zt))
+            y[bi, di, j] = yt

@@ -6,8 +6,9 @@ non-square and odd sizes included, and is computed once per size (``functools.lr
 
 Elementary orders: ``row_major``, ``column_major``, ``diagonal`` (anti-diagonals, each walked
 top-right to bottom-left as EAMamba does), ``flipped_diagonal`` (the same on the left-right
-mirrored grid), ``morton`` (Z-order), ``zorder`` (EAMamba's variant of it), ``zigzag`` (JPEG-style) and ``hilbert``; ``reversed_order``
-walks any of them backwards. ``all_around_orders`` builds EAMamba's multi-head set.
+mirrored grid), ``morton`` (Z-order), ``zorder`` (EAMamba's variant of it), ``zigzag``
+(JPEG-style) and ``hilbert``; ``reversed_order`` walks any of them backwards.
+``all_around_orders`` builds EAMamba's multi-head set.
 """
 
 from __future__ import annotations

@@ -179,7 +179,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 
 # --------------------------------------------------------------------------- numba (compiled CPU)
 
-_NUMBA_CHUNK = 64
+_NUMBA_CHUNK = 64  # steps between stored states (backward recomputes from them)
+_NUMBA_FWD_CHUNK = 1024  # steps whose exp(dt * A) is computed at once in the forward pass
 
 
 @functools.lru_cache(maxsize=1)
@@ -219,9 +220,20 @@ class _NumbaScan(torch.autograd.Function):
         h_ckpt = u.new_empty(nb, nd, max(1, math.ceil(L / _NUMBA_CHUNK)), N)
         has_z = z is not None
         z_arr = z if has_z else u.new_zeros(1, 1, 1)
-        k.scan_forward(u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(),
-                       z_arr.numpy(), delta_bias.numpy(), delta_softplus, has_z, _NUMBA_CHUNK,
-                       y.numpy(), h_last.numpy(), h_ckpt.numpy())
+        # exp(dt * A) is computed by torch's vectorised exp, a time chunk at a time so that the
+        # (B, D, T, N) buffer stays small; the compiled loop then only multiplies and adds.
+        h = u.new_zeros(nb, nd, N)
+        step = _NUMBA_FWD_CHUNK
+        for t0 in range(0, L, step):
+            sl = slice(t0, min(L, t0 + step))
+            dt = delta[..., sl] + delta_bias[:, None]
+            if delta_softplus:
+                dt = F.softplus(dt)
+            dA = torch.exp(dt[..., None] * A[:, None, :])
+            k.scan_forward_chunk(u[..., sl].numpy(), dt.numpy(), dA.numpy(), Bt[:, :, sl].numpy(),
+                                 Ct[:, :, sl].numpy(), D.numpy(), z_arr[..., sl].numpy() if has_z else z_arr.numpy(),
+                                 has_z, t0, _NUMBA_CHUNK, y[..., sl].numpy(), h.numpy(), h_ckpt.numpy())
+        h_last.copy_(h)
         ctx.save_for_backward(u, delta, A, Bt, Ct, D, z_arr, delta_bias, h_ckpt)
         ctx.flags = (delta_softplus, has_z)
         ctx.mark_non_differentiable(h_last)

@@ -26,7 +26,7 @@ def _official_checkpoint(path, model, ema_model):
 
 
 def _same_weights(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_official_checkpoint_loads_ema_by_default_and_raw_on_request(tmp_path):
@@ -108,6 +108,7 @@ def test_wrong_architecture_name_is_refused(tmp_path):
 
 def test_pickled_objects_are_refused_without_trust(tmp_path):
     path = tmp_path / "pickled.pth"
-    torch.save({"model": {"name": "eamamba", "args": ARGS, "sd": {}, "sd_e": {}}, "extra": argparse.Namespace(lr=1)}, path)
+    ckpt = {"model": {"name": "eamamba", "args": ARGS, "sd": {}, "sd_e": {}}, "extra": argparse.Namespace(lr=1)}
+    torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="trust"):
         read_checkpoint(path)

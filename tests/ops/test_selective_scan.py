@@ -47,7 +47,7 @@ def test_fast_backend_matches_reference_values_and_gradients(backend, batch, dim
     y_ref, g_ref = _grads(selective_scan_reference, inputs, softplus, weight)
     y, g = _grads(FAST[backend], inputs, softplus, weight)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-    for got, want in zip(g, g_ref):
+    for got, want in zip(g, g_ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 

@@ -1,0 +1,35 @@
+# Quick start: `make demo` (set up, then run the main job) and `make test` (set up, then the test suite).
+# Setup pins torch==2.13.0, the CPU build this project's CI machine installs from local disk;
+# the package itself only asks for torch>=2.1.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ssmir --version
+	$(VENV)/bin/ssmir models
+	$(PY) benchmarks/bench_scan.py --sides 128 --modes forward --repeat 1
+
+test: setup
+	$(VENV)/bin/ruff check ssmir tests benchmarks
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) benchmarks/bench_scan.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

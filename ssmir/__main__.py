@@ -1,0 +1,3 @@
+from ssmir.cli import app
+
+app(prog_name="ssmir")
