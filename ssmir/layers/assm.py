@@ -1,0 +1,115 @@
+"""MambaIRv2's Attentive State Space Module (ASSM).
+
+Each token is routed to one of ``num_tokens`` learned prompts; tokens are sorted by their route so
+that semantically similar ones become neighbours (semantic-guided neighbouring), scanned once by a
+selective scan whose C matrix is offset by the token's prompt (the attentive state-space equation),
+and put back in place.
+
+Routing: training samples the route with a straight-through Gumbel softmax, as the official code
+does. In eval the official code samples too, so its outputs change from run to run; ssmir routes
+by the argmax of the route logits (``routing="argmax"``, the default) and keeps the sampled route
+available (``routing="gumbel"``). Tokens are sorted with a stable sort in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ssmir.ops.selective_scan import selective_scan
+
+ROUTINGS = ("argmax", "gumbel")
+
+
+class PromptedSelectiveScan(nn.Module):
+    """One-direction selective scan with per-token prompts added to C: (B, L, D), (B, L, N) -> (B, L, D).
+
+    Parameter names are the official ones (a single head: leading dimension 1).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, dt_rank="auto", dt_min=0.001, dt_max=0.1, dt_scale=1.0,
+                 dt_init_floor=1e-4):
+        super().__init__()
+        self.d_inner, self.d_state = d_model, d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        d, r, n = self.d_inner, self.dt_rank, d_state
+        self.x_proj_weight = nn.Parameter(torch.empty(1, r + 2 * n, d))
+        self.dt_projs_weight = nn.Parameter(torch.empty(1, d, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(1, d))
+        self.A_logs = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
+        self.Ds = nn.Parameter(torch.ones(d))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(d)
+            self.x_proj_weight.uniform_(-bound, bound)
+            std = r**-0.5 * dt_scale
+            self.dt_projs_weight.uniform_(-std, std)
+            dt = torch.exp(torch.rand(1, d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        xs = rearrange(x, "b l d -> b d l")
+        x_dbl = torch.einsum("bdl,cd->bcl", xs, self.x_proj_weight[0])
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dts = torch.einsum("brl,dr->bdl", dts, self.dt_projs_weight[0])
+        Cs = Cs.float() + rearrange(prompt, "b l n -> b n l").float()  # the attentive state-space equation
+        y = selective_scan(xs.float(), dts.float(), -torch.exp(self.A_logs.float()), Bs.float(), Cs,
+                           self.Ds.float(), delta_bias=self.dt_projs_bias.float().view(-1), delta_softplus=True)
+        return rearrange(y, "b d l -> b l d")
+
+
+class AttentiveStateSpace(nn.Module):
+    """ASSM: (B, L, C) tokens of an H x W map, plus the layer's prompt basis -> (B, L, C)."""
+
+    def __init__(self, dim: int, d_state: int, num_tokens: int = 64, inner_rank: int = 128, mlp_ratio: float = 2.0,
+                 routing: str = "argmax"):
+        super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing {routing!r} is not one of {ROUTINGS}")
+        self.routing = routing
+        self.dim, self.d_state, self.num_tokens = dim, d_state, num_tokens
+        hidden = int(dim * mlp_ratio)
+        self.selectiveScan = PromptedSelectiveScan(hidden, d_state)
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out_proj = nn.Linear(hidden, dim)
+        self.in_proj = nn.Sequential(nn.Conv2d(dim, hidden, 1))
+        self.CPE = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden))  # conditional position enc.
+        self.embeddingB = nn.Embedding(num_tokens, inner_rank)
+        nn.init.uniform_(self.embeddingB.weight, -1 / num_tokens, 1 / num_tokens)
+        self.route = nn.Sequential(nn.Linear(dim, dim // 3), nn.GELU(), nn.Linear(dim // 3, num_tokens),
+                                   nn.LogSoftmax(dim=-1))
+
+    def _prompts(self, x: torch.Tensor, basis: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token prompts (B, L, d_state) and route index (B, L)."""
+        prompts = self.embeddingB.weight @ basis.weight  # (num_tokens, d_state)
+        logits = self.route(x)  # (B, L, num_tokens), log-probabilities
+        if self.training or self.routing == "gumbel":
+            policy = F.gumbel_softmax(logits, hard=True, dim=-1)  # one-hot forward, soft gradient
+            return policy @ prompts, policy.detach().argmax(dim=-1)
+        index = logits.argmax(dim=-1)
+        return prompts[index], index
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int], basis: nn.Embedding) -> torch.Tensor:
+        b, length, c = x.shape
+        h, w = size
+        prompt, route = self._prompts(x, basis)
+        order = torch.sort(route, dim=-1, stable=True).indices  # (B, L): semantic neighbours side by side
+        inverse = torch.argsort(order, dim=-1)
+
+        feats = self.in_proj(rearrange(x, "b (h w) c -> b c h w", h=h, w=w))
+        feats = feats * torch.sigmoid(self.CPE(feats))
+        feats = rearrange(feats, "b c h w -> b (h w) c")
+
+        def gather(t, idx):
+            return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+        y = self.selectiveScan(gather(feats, order), prompt)
+        y = self.out_proj(self.out_norm(y))
+        return gather(y, inverse)

@@ -1,0 +1,66 @@
+"""Swin-style (shifted) window self-attention with a relative position bias, as MambaIRv2 uses it."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C), windows in row-major order."""
+    return rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=ws, ww=ws)
+
+
+def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of ``window_partition``: -> (B, H, W, C)."""
+    return rearrange(windows, "(b nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=h // ws, nw=w // ws, wh=ws, ww=ws)
+
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """(ws*ws, ws*ws) index into the (2ws-1)^2 bias table for every pair of positions in a window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)  # (2, ws*ws)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)  # (ws*ws, ws*ws, 2), >= 0
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+@functools.lru_cache(maxsize=32)
+def shifted_window_mask(h: int, w: int, ws: int) -> torch.Tensor:
+    """(nW, ws*ws, ws*ws) additive mask (0 / -100) keeping attention inside regions after a ws/2 cyclic shift."""
+    shift = ws // 2
+    region = torch.zeros(1, h, w, 1)
+    label = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            region[:, hs, wsl, :] = label
+            label += 1
+    win = window_partition(region, ws).squeeze(-1)  # (nW, ws*ws)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention inside windows from precomputed q, k, v: (nW*B, n, 3C) -> (nW*B, n, C)."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int):
+        super().__init__()
+        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        bw, n, _ = qkv.shape
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (nW*B, heads, n, n)
+        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, n, n)
+        out = rearrange(attn.softmax(dim=-1) @ v, "b h n d -> b n (h d)")
+        return self.proj(out)

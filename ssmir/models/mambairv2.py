@@ -1,0 +1,279 @@
+"""MambaIRv2 (Guo et al., CVPR 2025) and MambaIRv2-Light: attentive state-space restoration.
+
+A SwinIR-shaped network whose layers pair shifted-window attention with the Attentive State Space
+Module (``ssmir.layers.assm``). ``mambairv2`` uses a ConvFFN channel mixer, ``mambairv2light`` a
+gated MLP. Constructor arguments are the official BasicSR ``network_g`` options; module names follow
+the official code so that released checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ssmir.layers.assm import AttentiveStateSpace
+from ssmir.layers.resample import PixelShuffleUpscale
+from ssmir.layers.window_attention import (
+    WindowAttention,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
+from ssmir.models.registry import register
+
+UPSAMPLERS = ("", "pixelshuffle", "pixelshuffledirect", "nearest+conv")
+
+
+def _to_map(x, h, w):
+    return rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+
+
+def _to_tokens(x):
+    return rearrange(x, "b c h w -> b (h w) c")
+
+
+class ConvFFN(nn.Module):
+    """Linear, GELU, plus a depth-wise conv branch (conv + GELU), linear: (B, L, C) -> (B, L, C)."""
+
+    def __init__(self, dim: int, hidden: int, kernel_size: int = 5):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Module()
+        self.dwconv.depthwise_conv = nn.Sequential(
+            nn.Conv2d(hidden, hidden, kernel_size, 1, (kernel_size - 1) // 2, groups=hidden), nn.GELU())
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, size):
+        x = F.gelu(self.fc1(x))
+        x = x + _to_tokens(self.dwconv.depthwise_conv(_to_map(x, *size)))
+        return self.fc2(x)
+
+
+class GatedMLP(nn.Module):
+    """Linear, GELU, spatial gate (half the channels, normalised and depth-wise convolved, gate the other half), linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.sg = nn.Module()
+        self.sg.norm = nn.LayerNorm(hidden // 2)
+        self.sg.conv = nn.Conv2d(hidden // 2, hidden // 2, 5, 1, 2, groups=hidden // 2)
+        self.fc2 = nn.Linear(hidden // 2, dim)
+
+    def forward(self, x, size):
+        a, b = F.gelu(self.fc1(x)).chunk(2, dim=-1)
+        gate = _to_tokens(self.sg.conv(_to_map(self.sg.norm(b), *size)))
+        return self.fc2(a * gate)
+
+
+class AttentiveLayer(nn.Module):
+    """Window attention + FFN, then ASSM + FFN, each half with a learned-scale long skip."""
+
+    def __init__(self, dim, d_state, num_heads, window_size, shift_size, inner_rank, num_tokens, convffn_kernel_size,
+                 mlp_ratio, light: bool, routing: str):
+        super().__init__()
+        self.window_size, self.shift_size = window_size, shift_size
+        self.scale1 = nn.Parameter(1e-4 * torch.ones(dim))
+        self.scale2 = nn.Parameter(1e-4 * torch.ones(dim))
+        self.norm1, self.norm2, self.norm3, self.norm4 = (nn.LayerNorm(dim) for _ in range(4))
+        self.wqkv = nn.Linear(dim, 3 * dim)
+        self.win_mhsa = WindowAttention(dim, window_size, num_heads)
+        self.assm = AttentiveStateSpace(dim, d_state, num_tokens=num_tokens, inner_rank=inner_rank,
+                                        mlp_ratio=mlp_ratio, routing=routing)
+        hidden = int(dim * mlp_ratio)
+        if light:
+            self.convffn1, self.convffn2 = GatedMLP(dim, hidden), GatedMLP(dim, hidden)
+        else:
+            self.convffn1 = ConvFFN(dim, hidden, convffn_kernel_size)
+            self.convffn2 = ConvFFN(dim, hidden, convffn_kernel_size)
+        self.embeddingA = nn.Embedding(inner_rank, d_state)  # prompt basis shared by the layer's ASSM
+        nn.init.uniform_(self.embeddingA.weight, -1 / inner_rank, 1 / inner_rank)
+
+    def forward(self, x, size, rpi):
+        h, w = size
+        b, n, c = x.shape
+        ws, shift = self.window_size, self.shift_size
+
+        shortcut = x
+        qkv = self.wqkv(self.norm1(x)).reshape(b, h, w, 3 * c)
+        mask = None
+        if shift > 0:
+            qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
+            mask = shifted_window_mask(h, w, ws).to(x.device, x.dtype)
+        attn = self.win_mhsa(window_partition(qkv, ws), rpi, mask)
+        attn = window_reverse(attn, ws, h, w)
+        if shift > 0:
+            attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))
+        x_win = attn.reshape(b, n, c) + shortcut
+        x_win = self.convffn1(self.norm2(x_win), size) + x_win
+        x = shortcut * self.scale1 + x_win
+
+        shortcut = x
+        x_ssm = self.assm(self.norm3(x), size, self.embeddingA) + x
+        x = x_ssm + self.convffn2(self.norm4(x_ssm), size)
+        return shortcut * self.scale2 + x
+
+
+def _residual_conv(dim: int, kind: str) -> nn.Module:
+    if kind == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if kind == "3conv":
+        return nn.Sequential(nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+                             nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
+                             nn.Conv2d(dim // 4, dim, 3, 1, 1))
+    raise ValueError(f"resi_connection {kind!r} is not '1conv' or '3conv'")
+
+
+class AttentiveStateSpaceGroup(nn.Module):
+    """ASSB: ``depth`` attentive layers (every other one shifted), a conv, and a skip around them."""
+
+    def __init__(self, dim, depth, resi_connection, window_size, **layer_args):
+        super().__init__()
+        self.residual_group = nn.Module()
+        self.residual_group.layers = nn.ModuleList([
+            AttentiveLayer(dim, window_size=window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
+                           **layer_args)
+            for i in range(depth)
+        ])
+        self.conv = _residual_conv(dim, resi_connection)
+
+    def forward(self, x, size, rpi):
+        y = x
+        for layer in self.residual_group.layers:
+            y = layer(y, size, rpi)
+        return _to_tokens(self.conv(_to_map(y, *size))) + x
+
+
+class _MambaIRv2Base(nn.Module):
+    """Shared body of MambaIRv2 and MambaIRv2-Light. Input (B, in_chans, H, W), any H and W."""
+
+    light = False
+    _IGNORED = ("img_size", "patch_size", "patch_norm", "qkv_bias", "norm_layer", "use_checkpoint", "drop_rate",
+                "attn_drop_rate", "drop_path_rate", "type")
+
+    def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=48, d_state=8, depths=(6, 6, 6, 6),
+                 num_heads=(4, 4, 4, 4), window_size=16, inner_rank=32, num_tokens=64, convffn_kernel_size=5,
+                 mlp_ratio=2.0, qkv_bias=True, ape=False, patch_norm=True, use_checkpoint=False, upscale=2,
+                 img_range=1.0, upsampler="", resi_connection="1conv", routing="argmax", **extra):
+        super().__init__()
+        name = self.registry_name
+        unknown = sorted(set(extra) - set(self._IGNORED))
+        if unknown:
+            warnings.warn(f"{name}: ignoring unknown argument(s) {unknown}", stacklevel=2)
+        if not qkv_bias or not patch_norm or ape or patch_size != 1:
+            raise NotImplementedError(f"{name}: only the released settings qkv_bias=True, patch_norm=True, "
+                                      "ape=False, patch_size=1 are implemented")
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"{name}: upsampler {upsampler!r} is not one of {UPSAMPLERS}")
+        if len(depths) != len(num_heads):
+            raise ValueError(f"{name}: depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+        if any(embed_dim % heads for heads in num_heads):
+            raise ValueError(f"{name}: embed_dim {embed_dim} is not divisible by every num_heads {list(num_heads)}")
+        self.img_range, self.upscale, self.upsampler = img_range, int(upscale), upsampler
+        self.window_size = window_size
+        mean = torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("relative_position_index_SA", relative_position_index(window_size))
+
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = nn.Module()
+        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        self.layers = nn.ModuleList([
+            AttentiveStateSpaceGroup(embed_dim, depth, resi_connection, window_size, d_state=d_state,
+                                     num_heads=heads, inner_rank=inner_rank, num_tokens=num_tokens,
+                                     convffn_kernel_size=convffn_kernel_size, mlp_ratio=mlp_ratio, light=self.light,
+                                     routing=routing)
+            for depth, heads in zip(depths, num_heads, strict=True)
+        ])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = _residual_conv(embed_dim, resi_connection)
+
+        num_feat = 64
+        if upsampler == "pixelshuffle":
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.upsample = PixelShuffleUpscale(self.upscale, num_feat)
+            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        elif upsampler == "pixelshuffledirect":
+            self.upsample = nn.Sequential(nn.Conv2d(embed_dim, self.upscale**2 * in_chans, 3, 1, 1),
+                                          nn.PixelShuffle(self.upscale))
+        elif upsampler == "nearest+conv":
+            if self.upscale != 4:
+                raise ValueError(f"{name}: upsampler 'nearest+conv' supports upscale 4 only, got {upscale}")
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        else:
+            self.upscale = 1  # denoising / JPEG: the official forward ignores `upscale` here
+            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_routing(self, routing: str) -> None:
+        """'argmax' (deterministic, the eval default) or 'gumbel' (sampled, as in training) for every ASSM."""
+        for m in self.modules():
+            if isinstance(m, AttentiveStateSpace):
+                m.routing = routing
+
+    def forward_features(self, x):
+        h, w = x.shape[-2:]
+        tokens = self.patch_embed.norm(_to_tokens(x))
+        for layer in self.layers:
+            tokens = layer(tokens, (h, w), self.relative_position_index_SA)
+        return _to_map(self.norm(tokens), h, w)
+
+    def forward(self, x):
+        h0, w0 = x.shape[-2:]
+        ws = self.window_size
+        h, w = -(-h0 // ws) * ws, -(-w0 // ws) * ws
+        # mirror-pad to whole windows (the official padding: append flipped copies, then crop)
+        x = torch.cat([x, torch.flip(x, [2])], 2)[:, :, :h, :]
+        x = torch.cat([x, torch.flip(x, [3])], 3)[:, :, :, :w]
+        x = (x - self.mean.to(x.dtype)) * self.img_range
+
+        if self.upsampler == "pixelshuffle":
+            x = self.conv_first(x)
+            x = self.conv_after_body(self.forward_features(x)) + x
+            x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
+        elif self.upsampler == "pixelshuffledirect":
+            x = self.conv_first(x)
+            x = self.upsample(self.conv_after_body(self.forward_features(x)) + x)
+        elif self.upsampler == "nearest+conv":
+            x = self.conv_first(x)
+            x = self.conv_before_upsample(self.conv_after_body(self.forward_features(x)) + x)
+            x = F.leaky_relu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+            x = F.leaky_relu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+            x = self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
+        else:
+            first = self.conv_first(x)
+            x = x + self.conv_last(self.conv_after_body(self.forward_features(first)) + first)
+
+        x = x / self.img_range + self.mean.to(x.dtype)
+        return x[..., : h0 * self.upscale, : w0 * self.upscale]
+
+
+@register("mambairv2")
+class MambaIRv2(_MambaIRv2Base):
+    """MambaIRv2 (ConvFFN): classic SR, colour denoising, JPEG artefact removal."""
+
+
+@register("mambairv2light")
+class MambaIRv2Light(_MambaIRv2Base):
+    """MambaIRv2-Light (gated MLP): lightweight SR."""
+
+    light = True
