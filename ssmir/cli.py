@@ -26,12 +26,19 @@ def main(version: bool | None = typer.Option(None, "--version", callback=_versio
 
 @app.command("models")
 def models_cmd():
-    """List the architectures that ``ssmir.models.create`` builds."""
+    """List the architectures and the model-zoo entries (task, architecture, parameters, weights)."""
     import ssmir.models as M
+    from ssmir.models.zoo import entries
 
+    typer.echo("Architectures (ssmir.models.create):")
     for name in M.list():
         doc = (M.get(name).__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:12s} {doc}")
+        typer.echo(f"  {name:15s} {doc}")
+    typer.echo("\nZoo entries (--model NAME; official weights are user-supplied with --weights FILE):")
+    typer.echo(f"  {'name':30s} {'architecture':15s} {'parameters':>12s}  {'weights':10s} task")
+    for e in entries().values():
+        weights = "bundled" if e.bundled_weights else "user"
+        typer.echo(f"  {e.name:30s} {e.arch:15s} {e.parameters():12,d}  {weights:10s} {e.task}")
 
 
 @app.command("inspect")

@@ -8,6 +8,7 @@ should only be done for files from a trusted source.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssmir.models.registry import create, get
+from ssmir.models.registry import create, detect, get
+from ssmir.models.registry import list as list_architectures
 
 
 class CheckpointError(ValueError):
@@ -132,10 +134,21 @@ def load_model(path: str | os.PathLike, name: str | None = None, args: dict | No
                trust_pickle: bool = False) -> nn.Module:
     """Build the architecture a checkpoint describes and load its weights (eval mode, CPU).
 
-    ``name``/``args`` are needed only for files that do not say what they are (plain state_dicts);
-    when given for a file that does, they must agree with it.
+    ``name`` is an architecture (``ssmir.models.list()``) or a zoo entry (``ssmir models``), which also
+    supplies the args. ``name``/``args`` are needed only for files that do not say what they are and whose
+    keys do not tell (MambaIRv2 state_dicts are recognised); for a file that names its architecture
+    they must agree with it.
     """
     sd, spec = read_checkpoint(path, ema=ema, trust_pickle=trust_pickle)
+    if name is not None and name not in list_architectures():
+        from ssmir.models.zoo import get_entry
+
+        entry = get_entry(name)  # a zoo entry names the architecture and its args
+        name, args = entry.arch, (args if args is not None else copy.deepcopy(entry.args))
+    if spec is None and args is None:
+        found = detect(sd)
+        if found is not None and (name is None or name == found[0]):
+            spec = {"name": found[0], "args": found[1]}
     if spec is None:
         if name is None:
             raise CheckpointError(f"{path}: the file does not name its architecture; pass name= and args= "

@@ -24,7 +24,7 @@ from ssmir.layers.window_attention import (
     window_partition,
     window_reverse,
 )
-from ssmir.models.registry import register
+from ssmir.models.registry import register, register_detector
 
 UPSAMPLERS = ("", "pixelshuffle", "pixelshuffledirect", "nearest+conv")
 
@@ -55,7 +55,7 @@ class ConvFFN(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """Linear, GELU, spatial gate (half the channels, normalised and depth-wise convolved, gate the other half), linear."""
+    """Linear, GELU, spatial gate (one half, normalised and depth-wise convolved, gates the other), linear."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -195,7 +195,8 @@ class _MambaIRv2Base(nn.Module):
 
         num_feat = 64
         if upsampler == "pixelshuffle":
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
+                                                      nn.LeakyReLU(inplace=True))
             self.upsample = PixelShuffleUpscale(self.upscale, num_feat)
             self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
         elif upsampler == "pixelshuffledirect":
@@ -204,7 +205,8 @@ class _MambaIRv2Base(nn.Module):
         elif upsampler == "nearest+conv":
             if self.upscale != 4:
                 raise ValueError(f"{name}: upsampler 'nearest+conv' supports upscale 4 only, got {upscale}")
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
+                                                      nn.LeakyReLU(inplace=True))
             self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
             self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
             self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -277,3 +279,53 @@ class MambaIRv2Light(_MambaIRv2Base):
     """MambaIRv2-Light (gated MLP): lightweight SR."""
 
     light = True
+
+
+def _count(sd: dict, prefix: str) -> int:
+    """How many consecutive indices ``prefix{i}.`` occur among the keys."""
+    n = 0
+    while any(k.startswith(f"{prefix}{n}.") for k in sd):
+        n += 1
+    return n
+
+
+@register_detector
+def detect(sd: dict) -> tuple[str, dict] | None:
+    """Recognise a MambaIRv2(-Light) state_dict and rebuild its constructor args from keys and shapes.
+
+    ``img_range`` cannot be read from weights; every released model uses 1.0, which is assumed.
+    """
+    first = "layers.0.residual_group.layers.0."
+    if f"{first}assm.selectiveScan.x_proj_weight" not in sd or "conv_first.weight" not in sd:
+        return None
+    light = f"{first}convffn1.sg.norm.weight" in sd
+    embed_dim, in_chans = sd["conv_first.weight"].shape[:2]
+    groups = _count(sd, "layers.")
+    depths = [_count(sd, f"layers.{i}.residual_group.layers.") for i in range(groups)]
+    heads = [sd[f"layers.{i}.residual_group.layers.0.win_mhsa.relative_position_bias_table"].shape[1]
+             for i in range(groups)]
+    table = sd[f"{first}win_mhsa.relative_position_bias_table"].shape[0]  # (2 ws - 1)^2 rows
+    ws = (int(round(table**0.5)) + 1) // 2
+    inner_rank, d_state = sd[f"{first}embeddingA.weight"].shape
+    args = {
+        "in_chans": int(in_chans), "embed_dim": int(embed_dim), "depths": depths, "num_heads": [int(h) for h in heads],
+        "window_size": ws, "d_state": int(d_state), "inner_rank": int(inner_rank),
+        "num_tokens": int(sd[f"{first}assm.embeddingB.weight"].shape[0]),
+        "mlp_ratio": sd[f"{first}convffn1.fc1.weight"].shape[0] / embed_dim,
+        "img_range": 1.0,
+        "resi_connection": "3conv" if "layers.0.conv.0.weight" in sd else "1conv",
+    }
+    if not light:
+        args["convffn_kernel_size"] = int(sd[f"{first}convffn1.dwconv.depthwise_conv.0.weight"].shape[-1])
+    if "conv_up1.weight" in sd:
+        args.update(upsampler="nearest+conv", upscale=4)
+    elif "conv_before_upsample.0.weight" in sd:
+        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
+        out = sd[convs[0]].shape[0] // sd[convs[0]].shape[1]
+        args.update(upsampler="pixelshuffle", upscale=3 if out == 9 else 2 ** len(convs))
+    elif "upsample.0.weight" in sd:
+        scale = int(round((sd["upsample.0.weight"].shape[0] / in_chans) ** 0.5))
+        args.update(upsampler="pixelshuffledirect", upscale=scale)
+    else:
+        args.update(upsampler="", upscale=1)
+    return ("mambairv2light" if light else "mambairv2"), args

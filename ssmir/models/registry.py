@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DETECTORS: builtins.list[Callable[[dict], tuple[str, dict] | None]] = []
 
 
 def register(name: str):
@@ -45,3 +46,18 @@ def create(name: str, **args) -> nn.Module:
     model = get(name)(**copy.deepcopy(args))
     model.ssmir_config = {"name": name, "args": copy.deepcopy(args)}
     return model
+
+
+def register_detector(fn: Callable[[dict], tuple[str, dict] | None]):
+    """Add a function that recognises a state_dict of one family and returns ``(name, args)``, or None."""
+    _DETECTORS.append(fn)
+    return fn
+
+
+def detect(state_dict: dict) -> tuple[str, dict] | None:
+    """``(name, args)`` of the architecture a bare state_dict belongs to, where its keys tell; else None."""
+    for fn in _DETECTORS:
+        found = fn(state_dict)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,132 @@
+"""MambaIRv2 and MambaIRv2-Light: golden outputs, released layouts, routing, loading BasicSR files."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import ssmir.models as M
+from ssmir.models.loading import load_model
+from ssmir.models.registry import detect
+from tests.conftest import golden_dir
+
+SMALL = dict(in_chans=3, img_size=32, img_range=1.0, embed_dim=24, d_state=4, depths=[1, 2], num_heads=[2, 2],
+             window_size=8, inner_rank=8, num_tokens=16, convffn_kernel_size=5, mlp_ratio=1.0)
+
+
+def _golden_cases():
+    try:
+        return sorted(golden_dir("mambairv2").glob("*.pt"))
+    except pytest.skip.Exception:
+        return []
+
+
+def _released():
+    try:
+        return json.loads((golden_dir("mambairv2") / "full_configs.json").read_text())
+    except pytest.skip.Exception:
+        return {}
+
+
+@pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.stem)
+def test_golden_case_matches_official_output(path):
+    g = torch.load(path, weights_only=False)
+    model = M.create(g["name"], **g["args"])
+    model.load_state_dict(g["state_dict"], strict=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(g["input"])
+    ref = g["output"]
+    scale = (ref - g["input"]).abs().max() if ref.shape == g["input"].shape else ref.abs().max()
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("config", sorted(_released()))
+def test_released_config_layout_parameters_and_detection(config):
+    spec = _released()[config]
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = M.create(spec["name"], **spec["args"])
+    keys = json.loads((golden_dir("mambairv2") / f"keys_{config}.json").read_text())
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == keys
+    assert sum(p.numel() for p in model.parameters()) == spec["params"]
+    name, args = detect(model.state_dict())
+    assert name == spec["name"]
+    for key in ("embed_dim", "depths", "num_heads", "window_size", "d_state", "inner_rank", "num_tokens", "upscale"):
+        assert args[key] == spec["args"][key]
+
+
+def test_eval_routing_is_deterministic_and_gumbel_is_an_option():
+    model = M.create("mambairv2", upscale=1, upsampler="", **SMALL).eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        assert torch.equal(a, b)
+        model.set_routing("gumbel")
+        samples = [model(x) for _ in range(4)]
+    assert any(not torch.equal(s, a) for s in samples)
+
+
+def test_training_mode_samples_routes_and_backpropagates():
+    model = M.create("mambairv2light", upscale=2, upsampler="pixelshuffledirect", **SMALL).train()
+    out = model(torch.rand(2, 3, 16, 16))
+    out.mean().backward()
+    route = model.layers[0].residual_group.layers[0].assm.route[0].weight
+    assert route.grad is not None and route.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("upsampler,scale", [("pixelshuffle", 2), ("pixelshuffle", 3), ("pixelshuffledirect", 4),
+                                             ("nearest+conv", 4), ("", 1)])
+@pytest.mark.parametrize("resi", ["1conv", "3conv"])
+def test_upsamplers_and_residual_connections_on_sizes_needing_padding(upsampler, scale, resi):
+    model = M.create("mambairv2", upscale=scale, upsampler=upsampler, resi_connection=resi, **SMALL).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 13, 19))
+    assert out.shape == (2, 3, 13 * scale, 19 * scale)
+
+
+def test_gray_input():
+    model = M.create("mambairv2", upscale=1, upsampler="", **dict(SMALL, in_chans=1)).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 10, 12)).shape == (1, 1, 10, 12)
+
+
+@pytest.mark.parametrize("key", ["params_ema", "params"])
+def test_basicsr_checkpoint_loads_by_detection_preferring_ema(tmp_path, key):
+    raw = M.create("mambairv2light", upscale=2, upsampler="pixelshuffledirect", **SMALL)
+    ema = M.create("mambairv2light", upscale=2, upsampler="pixelshuffledirect", **SMALL)
+    ckpt = {"params": raw.state_dict()}
+    if key == "params_ema":
+        ckpt["params_ema"] = ema.state_dict()
+    path = tmp_path / "net_g.pth"
+    torch.save(ckpt, path)
+    loaded = load_model(path)
+    want = ema if key == "params_ema" else raw
+    assert loaded.ssmir_config["name"] == "mambairv2light"
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), want.eval()(x))
+
+
+def test_zoo_entries_build_with_official_parameter_counts():
+    from ssmir.models import zoo
+
+    released = {**_released()}
+    for entry in zoo.entries().values():
+        if entry.official_config in released:
+            assert entry.parameters() == released[entry.official_config]["params"]
+    with pytest.raises(ValueError, match="unknown model 'mambairv9'"):
+        zoo.get_entry("mambairv9")
+
+
+def test_zoo_entry_supplies_args_for_a_plain_state_dict(tmp_path):
+    from ssmir.models import zoo
+
+    entry = zoo.get_entry("mambairv2light-sr-x2")
+    model = zoo.create_entry(entry.name)
+    path = tmp_path / "w.pth"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(path, name=entry.name)
+    assert loaded.ssmir_config["args"]["upscale"] == 2
