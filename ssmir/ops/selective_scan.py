@@ -101,10 +101,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     delta = _prepare_delta(delta, None if delta_bias is None else delta_bias.to(ct), delta_softplus)
     h = u.new_zeros(nb, nd, A.shape[1])
     ys = []
-    for t in range(L):
-        dt = delta[:, :, t, None]  # (batch, D, 1)
-        h = torch.exp(dt * A) * h + dt * B[:, :, :, t] * u[:, :, t, None]
-        ys.append((h * C[:, :, :, t]).sum(-1))
+    # unbind once: indexing step t inside the loop would make the backward pass quadratic in L
+    for u_t, dt, B_t, C_t in zip(u.unbind(-1), delta.unbind(-1), B.unbind(-1), C.unbind(-1), strict=True):
+        dt = dt[..., None]  # (batch, D, 1)
+        h = torch.exp(dt * A) * h + dt * B_t * u_t[..., None]
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(nb, nd, 0)
     if D is not None:
         y = y + u * D.to(ct)[:, None]
