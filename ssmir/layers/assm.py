@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ssmir.ops.selective_scan import selective_scan
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_heads
 
 ROUTINGS = ("argmax", "gumbel")
 
@@ -31,38 +31,15 @@ class PromptedSelectiveScan(nn.Module):
     Parameter names are the official ones (a single head: leading dimension 1).
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, dt_rank="auto", dt_min=0.001, dt_max=0.1, dt_scale=1.0,
-                 dt_init_floor=1e-4):
+    def __init__(self, d_model: int, d_state: int = 16):
         super().__init__()
-        self.d_inner, self.d_state = d_model, d_state
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        d, r, n = self.d_inner, self.dt_rank, d_state
-        self.x_proj_weight = nn.Parameter(torch.empty(1, r + 2 * n, d))
-        self.dt_projs_weight = nn.Parameter(torch.empty(1, d, r))
-        self.dt_projs_bias = nn.Parameter(torch.empty(1, d))
-        self.A_logs = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
-        self.Ds = nn.Parameter(torch.ones(d))
-        self.A_logs._no_weight_decay = True
-        self.Ds._no_weight_decay = True
-        with torch.no_grad():
-            bound = 1.0 / math.sqrt(d)
-            self.x_proj_weight.uniform_(-bound, bound)
-            std = r**-0.5 * dt_scale
-            self.dt_projs_weight.uniform_(-std, std)
-            dt = torch.exp(torch.rand(1, d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        add_scan_parameters(self, 1, d_model, d_state, math.ceil(d_model / 16))
+        init_scan_parameters(self)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        b, length, _ = x.shape
-        xs = rearrange(x, "b l d -> b d l")
-        x_dbl = torch.einsum("bdl,cd->bcl", xs, self.x_proj_weight[0])
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-        dts = torch.einsum("brl,dr->bdl", dts, self.dt_projs_weight[0])
-        Cs = Cs.float() + rearrange(prompt, "b l n -> b n l").float()  # the attentive state-space equation
-        y = selective_scan(xs.float(), dts.float(), -torch.exp(self.A_logs.float()), Bs.float(), Cs,
-                           self.Ds.float(), delta_bias=self.dt_projs_bias.float().view(-1), delta_softplus=True)
-        return rearrange(y, "b d l -> b l d")
+        xs = rearrange(x, "b l d -> b 1 d l")
+        y = scan_heads(self, xs, c_offset=rearrange(prompt, "b l n -> b 1 n l"))  # the attentive SS equation
+        return rearrange(y, "b 1 d l -> b l d")
 
 
 class AttentiveStateSpace(nn.Module):

@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_heads
 from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_inverses, all_around_orders
-from ssmir.ops.selective_scan import selective_scan
 
 MERGE_METHODS = ("add", "concate")
 
@@ -101,32 +101,13 @@ class MultiHeadSelectiveScan(nn.Module):
         self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=cfg.bias)
 
-        k, d, r, n = self.heads, self.d_head, self.dt_rank, self.d_state
-        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))  # per head: d -> (dt, B, C)
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d, r))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, d))
-        self.A_logs = nn.Parameter(torch.empty(k * d, n))
-        self.Ds = nn.Parameter(torch.empty(k * d))
-        self.A_logs._no_weight_decay = True
-        self.Ds._no_weight_decay = True
+        add_scan_parameters(self, self.heads, self.d_head, self.d_state, self.dt_rank)
         self.reset_ssm_parameters()
 
-    @torch.no_grad()
     def reset_ssm_parameters(self):
-        """The official initialisation: Linear-default x_proj, Mamba's dt init, S4D-real A, D = 1."""
-        cfg = self.cfg
-        bound = 1.0 / math.sqrt(self.d_head)  # nn.Linear's default for the x projections
-        self.x_proj_weight.uniform_(-bound, bound)
-        dt_std = self.dt_rank**-0.5 * cfg.dt_scale
-        if cfg.dt_init == "constant":
-            self.dt_projs_weight.fill_(dt_std)
-        else:
-            self.dt_projs_weight.uniform_(-dt_std, dt_std)
-        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
-                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
-        self.Ds.fill_(1.0)
+        """The official initialisation (``ssmir.layers.ssm_heads.init_scan_parameters``)."""
+        c = self.cfg
+        init_scan_parameters(self, c.dt_min, c.dt_max, c.dt_init, c.dt_scale, c.dt_init_floor)
 
     def _maybe_checkpoint(self, fn, x):
         if self.cfg.use_checkpoint and torch.is_grad_enabled():
@@ -153,19 +134,7 @@ class MultiHeadSelectiveScan(nn.Module):
         heads = x.view(b, k, d, length) if self.concat_heads else x.unsqueeze(1).expand(b, k, d, length)
         xs = torch.gather(heads, 3, orders[None, :, None, :].expand(b, k, d, length))
 
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        y = selective_scan(
-            xs.float().reshape(b, k * d, length),
-            dts.float().reshape(b, k * d, length),
-            -torch.exp(self.A_logs.float()),
-            Bs.float(),  # (B, K, N, L): head k's channels share group k
-            Cs.float(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().view(-1),
-            delta_softplus=True,
-        ).view(b, k, d, length)
+        y = scan_heads(self, xs)  # (B, K, d, L)
 
         inverses = all_around_inverses(self.cfg.scan_type, k, h, w).to(y.device)
         y = torch.gather(y, 3, inverses[None, :, None, :].expand(b, k, d, length))

@@ -1,0 +1,75 @@
+"""Parameters and projections shared by every Mamba-style token mixer in ssmir.
+
+A mixer with K heads of d channels each owns, per head, an x projection (d -> dt_rank + 2N), a dt
+projection (dt_rank -> d) with bias, and the S4D state matrices ``A_logs`` and skip ``Ds``. The names
+(``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``) are those of the
+official VMamba-style code, so their checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmir.ops.selective_scan import selective_scan
+
+
+def add_scan_parameters(module: nn.Module, heads: int, d_head: int, d_state: int, dt_rank: int) -> None:
+    """Register the per-head scan parameters on ``module`` (uninitialised; see ``init_scan_parameters``)."""
+    module.x_proj_weight = nn.Parameter(torch.empty(heads, dt_rank + 2 * d_state, d_head))
+    module.dt_projs_weight = nn.Parameter(torch.empty(heads, d_head, dt_rank))
+    module.dt_projs_bias = nn.Parameter(torch.empty(heads, d_head))
+    module.A_logs = nn.Parameter(torch.empty(heads * d_head, d_state))
+    module.Ds = nn.Parameter(torch.empty(heads * d_head))
+    module.A_logs._no_weight_decay = True
+    module.Ds._no_weight_decay = True
+
+
+@torch.no_grad()
+def init_scan_parameters(module: nn.Module, dt_min=0.001, dt_max=0.1, dt_init="random", dt_scale=1.0,
+                         dt_init_floor=1e-4) -> None:
+    """Mamba's initialisation: Linear-default x projections, dt so that softplus(bias) is log-uniform in
+    [dt_min, dt_max], S4D-real A (A_log = log 1..N), D = 1."""
+    d_head, dt_rank = module.dt_projs_weight.shape[1:]
+    bound = 1.0 / math.sqrt(d_head)
+    module.x_proj_weight.uniform_(-bound, bound)
+    std = dt_rank**-0.5 * dt_scale
+    if dt_init == "constant":
+        module.dt_projs_weight.fill_(std)
+    elif dt_init == "random":
+        module.dt_projs_weight.uniform_(-std, std)
+    else:
+        raise ValueError(f"dt_init {dt_init!r} is not 'random' or 'constant'")
+    dt = torch.exp(torch.rand_like(module.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    module.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+    d_state = module.A_logs.shape[1]
+    module.A_logs.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand_as(module.A_logs))
+    module.Ds.fill_(1.0)
+
+
+def scan_heads(module: nn.Module, xs: torch.Tensor, c_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Project each head's sequence to (dt, B, C) and run the selective scan: (B, K, d, L) -> (B, K, d, L) float32.
+
+    ``c_offset`` (B, K, N, L) is added to C (MambaIRv2's prompts).
+    """
+    b, k, d, length = xs.shape
+    d_state = module.A_logs.shape[1]
+    dt_rank = module.dt_projs_weight.shape[2]
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, module.x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, module.dt_projs_weight)
+    Cs = Cs.float() if c_offset is None else Cs.float() + c_offset.float()
+    y = selective_scan(
+        xs.float().reshape(b, k * d, length),
+        dts.float().reshape(b, k * d, length),
+        -torch.exp(module.A_logs.float()),
+        Bs.float(),  # (B, K, N, L): head k's channels share group k
+        Cs,
+        module.Ds.float(),
+        delta_bias=module.dt_projs_bias.float().view(-1),
+        delta_softplus=True,
+    )
+    return y.view(b, k, d, length)
