@@ -1,7 +1,8 @@
 """Model zoo: named task entries (task + architecture + official config).
 
 Official weights are not downloaded by ssmir. Get them from the projects' release pages
-(EAMamba: the links in the `daidaijr/EAMamba` README; MambaIRv2: the `csguoh/MambaIR` README) and
+(EAMamba: the links in the `daidaijr/EAMamba` README; MambaIRv2: the `csguoh/MambaIR` README; EmambaIR
+has released no weights) and
 pass the file with ``--weights FILE`` / ``ssmir.load_model(FILE, name=ENTRY)``; the entry supplies the
 architecture args for files that do not carry them. ``ssmir models`` lists the entries.
 """
@@ -76,6 +77,8 @@ def _entries() -> list[ZooEntry]:
                    dict(_V2, upscale=1), f"train_MambaIRv2_ColorDN_level{s}") for s in (15, 25, 50)]
     e += [ZooEntry(f"mambairv2-jpeg-q{q}", f"JPEG artefact removal, grayscale, quality {q}", "mambairv2",
                    dict(_V2, in_chans=1, upscale=1), f"train_MambaIRv2_CAR_q{q}") for q in (10, 30, 40)]
+    e += [ZooEntry("emambair-event-deblur", "event-guided deblurring (frame + 6-bin event voxel grid)", "emambair",
+                   {"in_chn": 3, "ev_chn": 6, "wf": 48, "depth": 3, "num_heads": [1, 2, 4]}, "default")]
     return e
 
 
