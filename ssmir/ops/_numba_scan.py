@@ -1,7 +1,8 @@
 """Compiled CPU kernels (numba) for the selective scan, forward and backward.
 
 The state of each channel lives in a small local array while the sequence is read once.
-The forward pass stores the state at the start of every ``chunk`` steps; the backward pass
+The forward pass (``scan_forward_chunk``, called once per time chunk with ``exp(dt * A)`` precomputed by
+torch's vectorised exp) stores the state at the start of every ``chunk`` steps; the backward pass
 recomputes each chunk from its stored state and walks it in reverse, so the memory kept
 between the two passes is ``(B, D, L / chunk, N)``, a fraction of the inputs.
 
@@ -26,39 +27,6 @@ def _dt_at(delta, dbias, bi, di, t, softplus):
     if softplus and x <= _SOFTPLUS_THRESHOLD:
         return math.log1p(math.exp(x))
     return x
-
-
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def scan_forward(u, delta, A, Bt, Ct, Dv, z, dbias, softplus, has_z, chunk, y, h_last, h_ckpt):
-    """Fill ``y`` (B, D, L), ``h_last`` (B, D, N) and ``h_ckpt`` (B, D, ceil(L/chunk), N)."""
-    nb, nd, L = u.shape
-    N = A.shape[1]
-    G = Bt.shape[1]
-    dpg = nd // G
-    for task in numba.prange(nb * nd):
-        bi = task // nd
-        di = task % nd
-        gi = di // dpg
-        h = np.zeros(N, dtype=u.dtype)
-        a = A[di]
-        d_skip = Dv[di]
-        for t in range(L):
-            if t % chunk == 0:
-                h_ckpt[bi, di, t // chunk, :] = h
-            dt = _dt_at(delta, dbias, bi, di, t, softplus)
-            ut = u[bi, di, t]
-            dtu = dt * ut
-            acc = dtu * 0  # same float type as the inputs
-            for n in range(N):
-                hn = math.exp(dt * a[n]) * h[n] + dtu * Bt[bi, gi, t, n]
-                h[n] = hn
-                acc += Ct[bi, gi, t, n] * hn
-            yt = acc + d_skip * ut
-            if has_z:
-                zt = z[bi, di, t]
-                yt = yt * zt / (1.0 + math.exp(-zt))
-            y[bi, di, t] = yt
-        h_last[bi, di, :] = h
 
 
 @numba.njit(parallel=True, cache=True)

@@ -8,7 +8,7 @@ import torch
 
 import ssmir.models as M
 from ssmir.eval.inference import run_model
-from tests.conftest import golden_dir
+from tests.conftest import check_golden, golden_cases, golden_dir, released_configs
 
 SMALL_CFG = {"scan_type": "diagonal", "scan_count": 8, "scan_merge_method": "concate", "d_state": 4, "d_conv": 3,
              "expand": 1, "conv_2d": True}
@@ -20,38 +20,15 @@ def small_unet(**kw):
     return M.create("eamamba", **args)
 
 
-def _golden_cases():
-    try:
-        return sorted(golden_dir("eamamba").glob("*.pt"))
-    except pytest.skip.Exception:
-        return []
-
-
-@pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", golden_cases("eamamba"), ids=lambda p: p.stem)
 def test_golden_case_matches_official_output(path):
-    g = torch.load(path, weights_only=False)
-    model = M.create(g["name"], **g["args"])
-    model.load_state_dict(g["state_dict"], strict=True)
-    model.eval()
-    with torch.no_grad():
-        out = model(g["input"])
-    ref = g["output"]
-    scale = (ref - g["input"]).abs().max() if ref.shape == g["input"].shape else ref.abs().max()
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max() <= 1e-4 * scale
+    check_golden(path)
 
 
-def _released_configs():
-    try:
-        return json.loads((golden_dir("eamamba") / "full_configs.json").read_text())
-    except pytest.skip.Exception:
-        return {}
-
-
-@pytest.mark.parametrize("config", sorted(_released_configs()))
+@pytest.mark.parametrize("config", sorted(released_configs("eamamba")))
 def test_released_config_has_official_key_layout_and_parameter_count(config):
     d = golden_dir("eamamba")
-    spec = _released_configs()[config]
+    spec = released_configs("eamamba")[config]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the official args must need no guessing
         model = M.create(spec["name"], **spec["args"])

@@ -7,20 +7,13 @@ import torch
 
 import ssmir.models as M
 from ssmir.eval.inference import run_model
-from tests.conftest import golden_dir
+from tests.conftest import check_golden, golden_dir
 
 SMALL = dict(in_chn=3, ev_chn=6, wf=16, depth=2, num_heads=[1, 2])
 
 
 def test_golden_case_matches_official_output():
-    g = torch.load(golden_dir("emambair") / "em_small_d2.pt", weights_only=False)
-    model = M.create(g["name"], **g["args"])
-    model.load_state_dict(g["state_dict"], strict=True)
-    model.eval()
-    with torch.no_grad():
-        out = model(g["input"], g["event"])
-    assert out.shape == g["output"].shape
-    assert (out - g["output"]).abs().max() <= 1e-4 * (g["output"] - g["input"]).abs().max()
+    check_golden(golden_dir("emambair") / "em_small_d2.pt")
 
 
 def test_default_model_has_the_released_layout_and_parameter_count():

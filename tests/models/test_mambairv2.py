@@ -9,43 +9,20 @@ import torch
 import ssmir.models as M
 from ssmir.models.loading import load_model
 from ssmir.models.registry import detect
-from tests.conftest import golden_dir
+from tests.conftest import check_golden, golden_cases, golden_dir, released_configs
 
 SMALL = dict(in_chans=3, img_size=32, img_range=1.0, embed_dim=24, d_state=4, depths=[1, 2], num_heads=[2, 2],
              window_size=8, inner_rank=8, num_tokens=16, convffn_kernel_size=5, mlp_ratio=1.0)
 
 
-def _golden_cases():
-    try:
-        return sorted(golden_dir("mambairv2").glob("*.pt"))
-    except pytest.skip.Exception:
-        return []
-
-
-def _released():
-    try:
-        return json.loads((golden_dir("mambairv2") / "full_configs.json").read_text())
-    except pytest.skip.Exception:
-        return {}
-
-
-@pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", golden_cases("mambairv2"), ids=lambda p: p.stem)
 def test_golden_case_matches_official_output(path):
-    g = torch.load(path, weights_only=False)
-    model = M.create(g["name"], **g["args"])
-    model.load_state_dict(g["state_dict"], strict=True)
-    model.eval()
-    with torch.no_grad():
-        out = model(g["input"])
-    ref = g["output"]
-    scale = (ref - g["input"]).abs().max() if ref.shape == g["input"].shape else ref.abs().max()
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max() <= 1e-4 * scale
+    check_golden(path)
 
 
-@pytest.mark.parametrize("config", sorted(_released()))
+@pytest.mark.parametrize("config", sorted(released_configs("mambairv2")))
 def test_released_config_layout_parameters_and_detection(config):
-    spec = _released()[config]
+    spec = released_configs("mambairv2")[config]
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("error")
         model = M.create(spec["name"], **spec["args"])
@@ -113,7 +90,7 @@ def test_basicsr_checkpoint_loads_by_detection_preferring_ema(tmp_path, key):
 def test_zoo_entries_build_with_official_parameter_counts():
     from ssmir.models import zoo
 
-    released = {**_released()}
+    released = {**released_configs("mambairv2")}
     for entry in zoo.entries().values():
         if entry.official_config in released:
             assert entry.parameters() == released[entry.official_config]["params"]
