@@ -87,5 +87,174 @@ def _read_model_config(path: Path, name: str | None):
     return name, data
 
 
+def _fail(message: str):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _model_spec(config: Path | None, model: str | None, weights: Path | None, trust: bool) -> dict:
+    """A picklable description of the model to build: {name, args} or {weights, ...}."""
+    given = [x for x in (config, model, weights) if x is not None]
+    if len(given) != 1:
+        _fail("give exactly one of --config FILE, --model NAME, --weights CKPT")
+    if config is not None:
+        name, args = _read_model_config(config, None)
+        if name is None:
+            _fail(f"--config {config}: no `model: {{name, args}}` section")
+        return {"name": name, "args": args or {}, "label": config.stem}
+    if model is not None:
+        import ssmir.models as M
+        from ssmir.models.zoo import entries
+
+        table = entries()
+        if model in table:
+            return {"name": table[model].arch, "args": table[model].args, "label": model}
+        if model in M.list():
+            return {"name": model, "args": {}, "label": model}
+        _fail(f"--model {model}: unknown; `ssmir models` lists the architectures and zoo entries")
+    if not weights.is_file():
+        _fail(f"--weights {weights}: no such file")
+    return {"weights": str(weights), "trust": trust, "label": weights.stem}
+
+
+def _build(spec: dict):
+    from ssmir.models.loading import CheckpointError, load_model
+    from ssmir.models.registry import create
+
+    try:
+        if "weights" in spec:
+            return load_model(spec["weights"], trust_pickle=spec.get("trust", False))
+        return create(spec["name"], **spec["args"]).eval()
+    except (CheckpointError, ValueError, TypeError) as e:
+        _fail(str(e))
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x")) if "x" in text.lower() else (int(text), int(text))
+    except ValueError:
+        _fail(f"--size {text!r}: expected HxW, e.g. 256x256")
+    if h < 1 or w < 1:
+        _fail(f"--size {text!r}: sizes must be positive")
+    return h, w
+
+
+@app.command("profile")
+def profile_cmd(
+    config: Path | None = typer.Option(None, "--config", help="YAML with a `model: {name, args}` section."),
+    model: str | None = typer.Option(None, "--model", help="Zoo entry or architecture (default args)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Checkpoint whose file names its architecture."),
+    size: str = typer.Option("256x256", "--size", help="Input size HxW (low-resolution size for SR models)."),
+    var: bool = typer.Option(False, "--var", help="Sweep sizes 32, 64, ... --max-size; plot growth."),
+    max_size: int = typer.Option(1024, "--max-size", help="Largest side of the --var sweep."),
+    simple: bool = typer.Option(False, "--simple", help="Totals only, no per-module table."),
+    depth: int = typer.Option(2, "--depth", help="Depth of the per-module table."),
+    device: str = typer.Option("cpu", "--device", help="Device for latency and memory: cpu, cuda, mps."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed runs (median reported) after one warm-up."),
+    plot: Path | None = typer.Option(None, "--plot", help="PNG of the --var sweep [profile-<model>.png]."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files)."),
+):
+    """Parameters, FLOPs (multiply-adds), latency and peak memory of one forward pass; --var sweeps the size."""
+    from ssmir.profiling.flops import count_flops, module_table
+    from ssmir.profiling.measure import MeasureError, doubling_sizes, measure_in_subprocess, sweep
+
+    spec = _model_spec(config, model, weights, trust_checkpoint)
+    net = _build(spec)
+    label = spec["label"]
+    worker_spec = {k: v for k, v in spec.items() if k != "label"}
+    params = sum(p.numel() for p in net.parameters())
+    typer.echo(f"{label}: {net.ssmir_config['name']}, {params:,} parameters")
+    typer.echo("FLOPs: multiply-adds (fvcore convention) from torch.utils.flop_counter; selective scans counted "
+               "as 9*B*L*D*N + B*D*L")
+
+    def measure(h, w):
+        report = count_flops(net, h, w)
+        row = {"gmacs": report.total / 1e9, "scan_gmacs": report.scan / 1e9}
+        t = measure_in_subprocess(worker_spec, h, w, device=device, repeat=repeat)
+        row.update(latency_ms=t.latency_ms, memory_mib=t.peak_memory_bytes / 2**20)
+        return row, report
+
+    if not var:
+        h, w = _parse_size(size)
+        try:
+            row, report = measure(h, w)
+        except (MeasureError, RuntimeError) as e:
+            _fail(f"{label} at {h}x{w}: {e}")
+        typer.echo(f"input {h}x{w}: {row['gmacs']:.2f} GMACs ({row['scan_gmacs']:.2f} in selective scans), "
+                   f"latency {row['latency_ms']:.1f} ms (median of {repeat}, {device}), "
+                   f"peak memory {row['memory_mib']:.0f} MiB")
+        if not simple:
+            typer.echo("\n" + module_table(net, report, depth=depth))
+        return
+
+    from ssmir.profiling.plots import growth_exponent, plot_sweep
+
+    sizes = doubling_sizes(32, max_size)
+    typer.echo(f"sweeping {', '.join(f'{s}x{s}' for s in sizes)} on {device}; stops at the first size that fails\n")
+    typer.echo("| size | pixels | GMACs | latency (ms) | peak memory (MiB) |")
+    typer.echo("|---|---:|---:|---:|---:|")
+
+    def one(s):
+        row, _ = measure(s, s)
+        typer.echo(f"| {s}x{s} | {s * s:,} | {row['gmacs']:.2f} | {row['latency_ms']:.1f} | {row['memory_mib']:.0f} |")
+        return row
+
+    rows, stopped = sweep(sizes, one)
+    if stopped:
+        typer.echo(f"\nstopped: {stopped}")
+    if rows:
+        pixels = [r["size"] ** 2 for r in rows]
+        for key, what in (("gmacs", "FLOPs"), ("latency_ms", "latency"), ("memory_mib", "memory")):
+            slope = growth_exponent(pixels, [r[key] for r in rows])
+            if slope is not None:
+                typer.echo(f"growth of {what} with pixels: exponent {slope:.2f}")
+        out = plot or Path(f"profile-{label}.png")
+        try:
+            typer.echo(f"plot: {plot_sweep(rows, f'{label} ({device})', out)}")
+        except RuntimeError as e:
+            typer.echo(f"no plot: {e}", err=True)
+
+
+@app.command("erf")
+def erf_cmd(
+    config: list[Path] = typer.Option([], "--config", help="YAML with a `model: {name, args}` section (repeatable)."),
+    model: list[str] = typer.Option([], "--model", help="Zoo entry or architecture (repeatable)."),
+    weights: list[Path] = typer.Option([], "--weights", help="Checkpoint (repeatable)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of images [scikit-image's samples]."),
+    noise: float = typer.Option(0.0, "--noise", help="Gaussian noise sigma (0-255 scale) added to the images."),
+    size: int = typer.Option(128, "--size", help="Centre crop size of the images."),
+    count: int = typer.Option(8, "--count", help="How many images to average over."),
+    compare: bool = typer.Option(False, "--compare", help="Several models side by side, one colour scale."),
+    output: Path = typer.Option(Path("erf.png"), "--output", "-o", help="Heatmap PNG to write."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files)."),
+):
+    """Effective receptive field of the centre output pixel, as a log-scaled heatmap PNG."""
+    from tqdm import tqdm
+
+    from ssmir.profiling.erf import effective_receptive_field, load_images, save_heatmaps
+
+    specs = ([_model_spec(c, None, None, False) for c in config] + [_model_spec(None, m, None, False) for m in model]
+             + [_model_spec(None, None, w, trust_checkpoint) for w in weights])
+    if not specs:
+        _fail("give a model: --model NAME, --weights CKPT or --config FILE")
+    if len(specs) > 1 and not compare:
+        _fail(f"{len(specs)} models given: pass --compare to plot them side by side")
+    try:
+        imgs = load_images(images, size=size, count=count, noise=noise)
+    except (OSError, ValueError, RuntimeError) as e:
+        _fail(str(e))
+    maps = {}
+    for spec in specs:
+        net = _build(spec)
+        from ssmir.eval.inference import min_size, size_multiple
+
+        if size % size_multiple(net) or size < min_size(net):
+            _fail(f"--size {size}: {spec['label']} needs a multiple of {size_multiple(net)} "
+                  f"of at least {min_size(net)}")
+        maps[spec["label"]] = effective_receptive_field(net, tqdm(imgs, desc=f"erf {spec['label']}", leave=False))
+    path = save_heatmaps(maps, output)
+    typer.echo(f"ERF of the centre pixel over {len(imgs)} image(s) of {size}x{size}: {path}")
+
+
 if __name__ == "__main__":
     app()

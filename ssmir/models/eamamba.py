@@ -95,6 +95,7 @@ class EAMamba(nn.Module):
         s = _shared_settings("eamamba", ffn_expansion_factor, bias, layernorm_type, LayerNorm_type,
                              checkpoint_percentage, channel_mixer_type, mamba_cfg, extra, ignored=("heads",))
         self.upscale = int(upscale)
+        self.input_channels = (int(inp_channels),)  # one input tensor and its channels
         self.dual_pixel_task = bool(dual_pixel_task)
         d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
 
@@ -172,6 +173,7 @@ class EAMambaSR(nn.Module):
                              checkpoint_percentage, channel_mixer_type, mamba_cfg, extra,
                              ignored=("heads", "dual_pixel_task", "num_refinement_blocks"))
         self.upscale = int(upscale)
+        self.input_channels = (int(inp_channels),)
         self.conv_first = nn.Conv2d(inp_channels, dim, 3, padding=1, bias=bias)
         self.layers = nn.ModuleList([ResidualGroup(n, dim, s) for n in num_blocks])
         self.norm = LayerNorm2d(dim, s["layernorm_type"])

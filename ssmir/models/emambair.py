@@ -185,6 +185,7 @@ class EmambaIR(nn.Module):
             raise ValueError(f"emambair: num_heads {list(num_heads)} needs one entry per level (depth={depth})")
         self.depth = depth
         self.fuse_before_downsample = fuse_before_downsample
+        self.input_channels = (int(in_chn), int(ev_chn))  # the frame and its event voxel grid
         self.size_multiple = 2 ** (depth - 1)
         self.min_size = 15 * 2 ** (depth - 1)  # the coarsest level's ESA needs 15 x 15
         self.down_path_1 = nn.ModuleList()

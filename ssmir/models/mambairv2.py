@@ -176,6 +176,7 @@ class _MambaIRv2Base(nn.Module):
             raise ValueError(f"{name}: embed_dim {embed_dim} is not divisible by every num_heads {list(num_heads)}")
         self.img_range, self.upscale, self.upsampler = img_range, int(upscale), upsampler
         self.window_size = window_size
+        self.input_channels = (int(in_chans),)
         mean = torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("relative_position_index_SA", relative_position_index(window_size))

@@ -21,6 +21,7 @@ Backends (``backend=`` argument, else the ``SSMIR_SCAN_BACKEND`` environment var
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 import os
@@ -317,6 +318,25 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
               None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
 
 
+# --------------------------------------------------------------------------- FLOP recording (ssmir.profiling)
+
+# A callback ``record(flops)`` set by ssmir.profiling.flops while it counts; None otherwise.
+FLOP_RECORDER: contextvars.ContextVar = contextvars.ContextVar("ssmir_scan_flop_recorder", default=None)
+
+
+def scan_flops(batch: int, dim: int, length: int, state: int) -> int:
+    """The official profiler's count for one scan: 9*B*L*D*N + B*D*L (the D skip; z and softplus ignored)."""
+    return 9 * batch * length * dim * state + batch * dim * length
+
+
+def _selective_scan_meta(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    """Shapes only, for tensors on the meta device (FLOP counting without computing)."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    y = torch.empty_like(u)
+    return (y, u.new_empty(u.shape[0], u.shape[1], A.shape[1])) if return_last_state else y
+
+
 # --------------------------------------------------------------------------- dispatch
 
 _IMPLS = {
@@ -350,6 +370,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns ``y`` (batch, D, L) in the dtype of ``u``, or ``(y, last_state)`` with last_state
     (batch, D, N) when ``return_last_state``.
     """
-    impl = _IMPLS[resolve_backend(u.device, backend)]
+    recorder = FLOP_RECORDER.get()
+    if recorder is not None:
+        recorder(scan_flops(u.shape[0], u.shape[1], u.shape[2], A.shape[1]))
+    impl = _selective_scan_meta if u.device.type == "meta" else _IMPLS[resolve_backend(u.device, backend)]
     return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                 return_last_state=return_last_state)

@@ -1,0 +1,1 @@
+"""Profiling: parameters, FLOPs, latency and memory (and their growth with resolution), receptive fields."""
