@@ -256,5 +256,123 @@ def erf_cmd(
     typer.echo(f"ERF of the centre pixel over {len(imgs)} image(s) of {size}x{size}: {path}")
 
 
+def _load_for_eval(weights: Path, arch: str | None, trust: bool):
+    from ssmir.models.loading import CheckpointError, load_model
+
+    try:
+        return load_model(weights, name=arch, trust_pickle=trust)
+    except (CheckpointError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command("test")
+def test_cmd(
+    weights: Path | None = typer.Option(None, "--weights", help="Checkpoint to evaluate (official, BasicSR, ssmir)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Benchmark name (see --list)."),
+    root: Path | None = typer.Option(None, "--root", help="The dataset's folder."),
+    test_config: Path | None = typer.Option(None, "--test-config", help="An official configs/test/*.yaml."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture or zoo entry, for files that do not say."),
+    sigma: float | None = typer.Option(None, "--sigma", help="Noise level (0-255) for denoising sets."),
+    scale: int | None = typer.Option(None, "--scale", help="SR scale: selects the inputs and the border crop."),
+    quality: int | None = typer.Option(None, "--quality", help="JPEG quality for artefact-removal sets."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Self-ensemble over the 4 flips (official)."),
+    ensemble8: bool = typer.Option(False, "--ensemble8", help="Self-ensemble over 8 flips and rotations."),
+    tile: int | None = typer.Option(None, "--tile", help="Tile size for large images (default: whole image)."),
+    overlap: int = typer.Option(32, "--overlap", help="Tile overlap in pixels."),
+    save: Path | None = typer.Option(None, "--save", help="Folder for the restored images."),
+    output: Path | None = typer.Option(None, "--output", help="Folder for per_image.csv and summaries "
+                                       "[results/<dataset>]."),
+    device: str = typer.Option("cpu", "--device"),
+    list_datasets: bool = typer.Option(False, "--list", help="List the datasets and their layouts, then exit."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files)."),
+):
+    """Evaluate on a benchmark with its metric convention; per-image CSV and markdown/JSON summaries."""
+    import yaml
+
+    from ssmir.data.benchmarks import DatasetError, benchmark_from_config, describe_layouts, load_benchmark
+    from ssmir.eval.tester import evaluate, write_results
+
+    if list_datasets:
+        typer.echo(describe_layouts())
+        return
+    try:
+        if test_config is not None:
+            if not test_config.is_file():
+                _fail(f"--test-config {test_config}: no such file")
+            bench = benchmark_from_config(yaml.safe_load(test_config.read_text()), Path.cwd(), scale)
+            tile = tile or yaml.safe_load(test_config.read_text()).get("eval_crop_size")
+        elif dataset is None or root is None:
+            _fail("give --dataset NAME --root DIR, or --test-config FILE (`ssmir test --list` shows the datasets)")
+        else:
+            bench = load_benchmark(dataset, root, sigma=sigma, scale=scale, quality=quality)
+    except DatasetError as e:
+        _fail(str(e))
+    if weights is None:
+        _fail("--weights CKPT is required")
+    model = _load_for_eval(weights, arch, trust_checkpoint)
+    mode = 8 if ensemble8 else 4 if ensemble else 1
+    try:
+        rows, summary = evaluate(model, bench, ensemble=mode, tile=tile, overlap=overlap, device=device,
+                                 save_dir=save)
+    except (DatasetError, NotImplementedError, ValueError) as e:
+        _fail(str(e))
+    files = write_results(rows, summary, output or Path("results") / bench.name)
+    typer.echo(f"{bench.name} ({bench.task}; {summary['metric']}; ensemble x{mode}): "
+               f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} over {summary['images']} images, "
+               f"{summary['seconds_per_image']:.2f} s/image")
+    typer.echo(f"results: {files['csv']}, {files['md']}, {files['json']}")
+
+
+export_app = typer.Typer(help="Write results in the layouts official evaluation scripts read.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("sidd")
+def export_sidd_cmd(
+    weights: Path = typer.Option(..., "--weights"),
+    root: Path = typer.Option(..., "--root", help="Folder with ValidationNoisyBlocksSrgb.mat."),
+    output: Path = typer.Option(Path("results/SIDD"), "--output"),
+    name: str | None = typer.Option(None, "--name", help="File name prefix [checkpoint stem]."),
+    arch: str | None = typer.Option(None, "--arch"),
+    ensemble: bool = typer.Option(False, "--ensemble"),
+    device: str = typer.Option("cpu", "--device"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+):
+    """SIDD submission: <name>_Idenoised.mat with key Idenoised, float32 (40, 32, 256, 256, 3)."""
+    from ssmir.data.benchmarks import DatasetError
+    from ssmir.export import export_sidd
+
+    model = _load_for_eval(weights, arch, trust_checkpoint)
+    try:
+        path = export_sidd(model, root, output, name or weights.stem, device, 4 if ensemble else 1)
+    except DatasetError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
+
+
+@export_app.command("deblur")
+def export_deblur_cmd(
+    weights: Path = typer.Option(..., "--weights"),
+    input_dir: Path = typer.Option(..., "--input", help="Folder of blurry images (e.g. GoPro test/input)."),
+    output: Path = typer.Option(Path("results"), "--output"),
+    dataset: str = typer.Option("GoPro", "--dataset", help="Sub-folder name: GoPro or HIDE."),
+    arch: str | None = typer.Option(None, "--arch"),
+    ensemble: bool = typer.Option(False, "--ensemble"),
+    device: str = typer.Option("cpu", "--device"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+):
+    """GoPro/HIDE: <output>/<dataset>/<stem>.png for the official MATLAB evaluation."""
+    from ssmir.export import export_deblur
+
+    if not input_dir.is_dir():
+        _fail(f"--input {input_dir}: no such folder")
+    model = _load_for_eval(weights, arch, trust_checkpoint)
+    try:
+        folder = export_deblur(model, input_dir, output, dataset, device, 4 if ensemble else 1)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {folder}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,1 @@
+"""Data: image I/O and benchmark dataset definitions."""
