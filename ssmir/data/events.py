@@ -1,0 +1,225 @@
+"""Event streams for EmambaIR: reading, validation, voxel grids, and an ESIM-style simulator.
+
+An event is (x, y, t, p): pixel column and row, timestamp, polarity (+1 brighter, -1 darker; files that
+store 0/1 are mapped to -1/+1).
+
+Formats read by ``read_events``:
+
+- ``.npz``: arrays ``x``, ``y``, ``t``, ``p``; or one ``events`` array of rows ``(t, x, y, p)``.
+- ``.h5`` / ``.hdf5`` (needs h5py): ``events/xs``, ``events/ys``, ``events/ts``, ``events/ps`` (the layout of
+  the event-deblurring releases built on EFNet's tools, e.g. GoPro-event and REBlur), or top-level ``x``, ``y``,
+  ``t``, ``p``.
+- ``.txt`` / ``.csv``: one event per line, ``t x y p`` (spaces or commas); an optional first line ``width height``
+  (the rpg/ESIM text format) is recognised and skipped.
+
+The voxel grid (``events_to_voxel``) is the one of E2VID and EFNet: timestamps in the exposure window are
+mapped to [0, bins - 1], each event's polarity is split between its two neighbouring bins in proportion
+to the distance (bilinear in time), and the grid is then normalised to zero mean and unit standard
+deviation over its non-zero cells (``normalize="nonzero"``; ``"none"`` keeps raw sums).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class EventError(ValueError):
+    """An event file or stream that cannot be used."""
+
+
+@dataclass
+class Events:
+    x: np.ndarray  # int64 columns
+    y: np.ndarray  # int64 rows
+    t: np.ndarray  # float64 timestamps
+    p: np.ndarray  # float32, +1 / -1
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def window(self, t_start: float, t_end: float) -> Events:
+        """The events with ``t_start <= t <= t_end``."""
+        keep = (self.t >= t_start) & (self.t <= t_end)
+        return Events(self.x[keep], self.y[keep], self.t[keep], self.p[keep])
+
+
+def make_events(x, y, t, p, height: int | None = None, width: int | None = None, source: str = "events") -> Events:
+    """Validate and normalise raw arrays into ``Events``; sorts by time (stably) when needed.
+
+    Raises ``EventError`` naming ``source`` for unequal lengths, non-finite or non-integer coordinates,
+    coordinates outside a ``height`` x ``width`` frame, non-finite timestamps or unknown polarities.
+    """
+    arrays = [np.asarray(a).reshape(-1) for a in (x, y, t, p)]
+    if len({len(a) for a in arrays}) != 1:
+        raise EventError(f"{source}: x, y, t, p have different lengths {[len(a) for a in arrays]}")
+    x, y, t, p = arrays
+    for name, c in (("x", x), ("y", y)):
+        if not np.all(np.isfinite(c)) or np.any(np.asarray(c, dtype=np.float64) % 1 != 0):
+            raise EventError(f"{source}: {name} coordinates must be whole pixel indices")
+    x, y = x.astype(np.int64), y.astype(np.int64)
+    if len(x) and (x.min() < 0 or y.min() < 0):
+        raise EventError(f"{source}: negative pixel coordinates")
+    if height is not None and width is not None and len(x) and (x.max() >= width or y.max() >= height):
+        raise EventError(f"{source}: events at x up to {x.max()}, y up to {y.max()} fall outside the "
+                         f"{width}x{height} frame")
+    t = t.astype(np.float64)
+    if not np.all(np.isfinite(t)):
+        raise EventError(f"{source}: non-finite timestamps")
+    values = set(np.unique(p).tolist())
+    if not values <= {-1, 0, 1}:
+        raise EventError(f"{source}: polarities must be 0/1 or -1/+1, found {sorted(values)[:5]}")
+    p = np.where(p > 0, 1.0, -1.0).astype(np.float32)
+    if len(t) > 1 and np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        x, y, t, p = x[order], y[order], t[order], p[order]
+    return Events(x, y, t, p)
+
+
+def read_events(path: str | Path, height: int | None = None, width: int | None = None) -> Events:
+    """Read an event file (see the module docstring for the formats); validated against the frame size if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise EventError(f"{path}: no such event file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path) as f:
+                if all(k in f for k in "xytp"):
+                    cols = f["x"], f["y"], f["t"], f["p"]
+                elif "events" in f:
+                    ev = f["events"]
+                    cols = ev[:, 1], ev[:, 2], ev[:, 0], ev[:, 3]
+                else:
+                    raise EventError(f"{path}: expected arrays x, y, t, p or events; found {list(f.keys())}")
+        elif suffix in (".h5", ".hdf5"):
+            try:
+                import h5py
+            except ImportError:
+                raise EventError(f"{path}: reading HDF5 events needs h5py (pip install h5py)") from None
+            with h5py.File(path, "r") as f:
+                if "events" in f and all(k in f["events"] for k in ("xs", "ys", "ts", "ps")):
+                    g = f["events"]
+                    cols = g["xs"][:], g["ys"][:], g["ts"][:], g["ps"][:]
+                elif all(k in f for k in "xytp"):
+                    cols = f["x"][:], f["y"][:], f["t"][:], f["p"][:]
+                else:
+                    raise EventError(f"{path}: expected events/xs, events/ys, events/ts, events/ps or x, y, t, p")
+        elif suffix in (".txt", ".csv"):
+            rows = []
+            for i, line in enumerate(path.read_text().splitlines()):
+                parts = line.replace(",", " ").split()
+                if not parts or parts[0].startswith("#"):
+                    continue
+                if i == 0 and len(parts) == 2:  # "width height" header
+                    continue
+                if len(parts) != 4:
+                    raise EventError(f"{path}:{i + 1}: expected 't x y p', got {line!r}")
+                rows.append([float(v) for v in parts])
+            arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
+            cols = arr[:, 1], arr[:, 2], arr[:, 0], arr[:, 3]
+        else:
+            raise EventError(f"{path}: unknown event format {suffix!r} (use .npz, .h5, .txt or .csv)")
+    except EventError:
+        raise
+    except Exception as e:
+        raise EventError(f"{path}: cannot read events ({e})") from None
+    return make_events(*cols, height=height, width=width, source=str(path))
+
+
+def events_to_voxel(events: Events, bins: int, height: int, width: int, t_start: float | None = None,
+                    t_end: float | None = None, normalize: str = "nonzero") -> torch.Tensor:
+    """(bins, height, width) float32 voxel grid of the events in [t_start, t_end] (default: all of them)."""
+    if bins < 1:
+        raise ValueError(f"voxel grid: bins must be >= 1, got {bins}")
+    if normalize not in ("nonzero", "none"):
+        raise ValueError(f"voxel grid: normalize must be 'nonzero' or 'none', got {normalize!r}")
+    if len(events):
+        t0 = events.t[0] if t_start is None else t_start
+        t1 = events.t[-1] if t_end is None else t_end
+        events = events.window(t0, t1)
+    grid = np.zeros(bins * height * width, dtype=np.float64)
+    if len(events):
+        if events.x.max() >= width or events.y.max() >= height:
+            raise EventError(f"events fall outside the {width}x{height} frame")
+        span = t1 - t0
+        ts = (bins - 1) * (events.t - t0) / span if span > 0 and bins > 1 else np.zeros(len(events))
+        left = np.floor(ts).astype(np.int64)
+        frac = ts - left
+        pix = events.y * width + events.x
+        for b, weight in ((left, 1.0 - frac), (left + 1, frac)):
+            ok = b < bins
+            np.add.at(grid, b[ok] * height * width + pix[ok], events.p[ok] * weight[ok])
+    grid = grid.reshape(bins, height, width)
+    if normalize == "nonzero":
+        nonzero = grid != 0
+        n = nonzero.sum()
+        if n > 0:
+            mean = grid.sum() / n
+            std = np.sqrt(max((grid**2).sum() / n - mean**2, 0.0))
+            grid = np.where(nonzero, (grid - mean) / (std if std > 0 else 1.0), 0.0)
+    return torch.from_numpy(grid.astype(np.float32))
+
+
+def simulate_events(frames: np.ndarray, timestamps: np.ndarray, contrast_threshold: float = 0.2,
+                    threshold_sigma: float = 0.0, noise_rate: float = 0.0, eps: float = 1e-3,
+                    seed: int = 0) -> Events:
+    """ESIM-style events from a sequence of frames (T, H, W) in [0, 1] at ``timestamps`` (T,).
+
+    Each pixel keeps a reference log intensity; between two frames its log intensity is interpolated
+    linearly, and every crossing of the reference +/- its contrast threshold emits an event at the
+    interpolated crossing time and moves the reference. Thresholds are drawn per pixel and polarity from
+    N(contrast_threshold, threshold_sigma); ``noise_rate`` adds uniformly random events (events per pixel
+    per unit time).
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if frames.ndim != 3 or len(frames) != len(timestamps) or len(frames) < 2:
+        raise ValueError("simulate_events: frames (T >= 2, H, W) and T timestamps are required")
+    if np.any(np.diff(timestamps) <= 0):
+        raise ValueError("simulate_events: timestamps must increase")
+    rng = np.random.default_rng(seed)
+    _, h, w = frames.shape
+    c_pos = np.clip(rng.normal(contrast_threshold, threshold_sigma, (h, w)), 0.01, None)
+    c_neg = np.clip(rng.normal(contrast_threshold, threshold_sigma, (h, w)), 0.01, None)
+    log = np.log(frames + eps)
+    ref = log[0].copy()
+    xs, ys, ts, ps = [], [], [], []
+    for k in range(1, len(frames)):
+        prev, cur = log[k - 1], log[k]
+        t_prev, t_cur = timestamps[k - 1], timestamps[k]
+        delta = cur - prev
+        while True:
+            up = cur >= ref + c_pos
+            down = cur <= ref - c_neg
+            fire = up | down
+            if not fire.any():
+                break
+            level = np.where(up, ref + c_pos, ref - c_neg)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.where(delta != 0, (level - prev) / delta, 1.0)
+            frac = np.clip(frac, 0.0, 1.0)
+            yy, xx = np.nonzero(fire)
+            xs.append(xx)
+            ys.append(yy)
+            ts.append(t_prev + frac[yy, xx] * (t_cur - t_prev))
+            ps.append(np.where(up[yy, xx], 1.0, -1.0))
+            ref = np.where(fire, level, ref)
+    if noise_rate > 0:
+        n = rng.poisson(noise_rate * h * w * (timestamps[-1] - timestamps[0]))
+        xs.append(rng.integers(0, w, n))
+        ys.append(rng.integers(0, h, n))
+        ts.append(rng.uniform(timestamps[0], timestamps[-1], n))
+        ps.append(rng.choice([-1.0, 1.0], n))
+    if not xs:
+        return make_events([], [], [], [], h, w, source="simulator")
+    return make_events(np.concatenate(xs), np.concatenate(ys), np.concatenate(ts), np.concatenate(ps), h, w,
+                       source="simulator")
+
+
+def blur_from_frames(frames: np.ndarray) -> np.ndarray:
+    """The blurry exposure of a sharp sequence: the mean of its frames (T, ...) -> (...)."""
+    return np.asarray(frames, dtype=np.float64).mean(axis=0)
