@@ -42,6 +42,7 @@ class Sample:
     name: str
     gt: Callable[[], torch.Tensor]  # (C, H, W) in [0, 1]
     lq: Callable[[], torch.Tensor]  # (C', h, w)
+    events: Callable[[int], torch.Tensor] | None = None  # bins -> (bins, h, w) voxel grid, for event models
 
 
 @dataclass
@@ -209,6 +210,28 @@ def load_sidd_blocks(root: Path, key: str):
     return arr
 
 
+def _event_deblur(root: Path, **_) -> list[Sample]:
+    from ssmir.data.events import events_to_voxel, read_events
+
+    blur = _need_images(root / "blur", "blurry frames")
+    sharp = {p.stem: p for p in _need_images(root / "sharp", "sharp frames, same names")}
+    ev_dir = _need_dir(root / "events", "one event file per frame: <stem>.npz|.h5|.txt")
+    samples = []
+    for p in blur:
+        if p.stem not in sharp:
+            raise DatasetError(f"{root / 'sharp'}: no sharp frame for {p.name}")
+        files = [f for f in ev_dir.glob(f"{p.stem}.*") if f.suffix.lower() in (".npz", ".h5", ".hdf5", ".txt", ".csv")]
+        if not files:
+            raise DatasetError(f"{ev_dir}: no event file {p.stem}.npz|.h5|.txt for {p.name}")
+
+        def voxels(bins, p=p, f=files[0]):
+            h, w = read_image(p).shape[-2:]
+            return events_to_voxel(read_events(f, height=h, width=w), bins, h, w)
+
+        samples.append(Sample(p.stem, lambda s=sharp[p.stem]: read_image(s), lambda p=p: read_image(p), voxels))
+    return samples
+
+
 @dataclass(frozen=True)
 class Definition:
     task: str
@@ -241,6 +264,8 @@ DEFINITIONS: dict[str, Definition] = {
     **{n: Definition("classic SR", _classic_sr, "ROOT/HR/<stem>.png, ROOT/LR_bicubic/X<scale>/<stem>x<scale>.png",
                      "scale", y_only=True, crop_scale=True)
        for n in ("set5", "set14", "b100", "urban100", "manga109")},
+    "event-deblur": Definition("event-guided deblurring (frame + event voxel grid)", _event_deblur,
+                               "ROOT/blur/*.png, ROOT/sharp/*.png, ROOT/events/<stem>.npz|h5|txt (exposure events)"),
     **{n: Definition("JPEG artefact removal (grayscale)", _jpeg, "ROOT/*.png|bmp (converted to 8-bit gray)",
                      "quality") for n in ("classic5", "live1")},
 }

@@ -20,28 +20,28 @@ from ssmir.eval.metrics import psnr, ssim
 from ssmir.eval.tiling import self_ensemble, tiled_forward
 
 
-def restore_tensor(model: nn.Module, x: torch.Tensor, ensemble: int = 1, tile: int | None = None,
-                   overlap: int = 32, tile_batch: int = 1, progress: bool = False) -> torch.Tensor:
-    """Model output for (B, C, H, W) ``x`` of any size: padding, optional tiling and self-ensemble."""
-    def whole(t):
-        return run_model(model, t)
+def restore_tensor(model: nn.Module, x: torch.Tensor, *extra: torch.Tensor, ensemble: int = 1,
+                   tile: int | None = None, overlap: int = 32, tile_batch: int = 1,
+                   progress: bool = False) -> torch.Tensor:
+    """Model output for (B, C, H, W) ``x`` of any size (plus extra inputs such as event voxel grids):
+    padding, optional tiling and self-ensemble."""
+    def whole(*t):
+        return run_model(model, *t)
 
     bar = partial(tqdm, desc="tiles", leave=False) if progress else None
 
-    def tiled(t):
-        return tiled_forward(whole, t, tile=tile, overlap=overlap, scale=upscale_factor(model),
+    def tiled(*t):
+        return tiled_forward(whole, *t, tile=tile, overlap=overlap, scale=upscale_factor(model),
                              tile_batch=tile_batch, progress=bar)
 
     with torch.no_grad():
-        return self_ensemble(tiled, x, mode=ensemble)
+        return self_ensemble(tiled, x, *extra, mode=ensemble)
 
 
 def evaluate(model: nn.Module, bench: Benchmark, ensemble: int = 1, tile: int | None = None, overlap: int = 32,
              device: str = "cpu", save_dir: Path | None = None, progress: bool = True) -> tuple[list[dict], dict]:
     """PSNR/SSIM of ``model`` on every sample; returns per-image rows and a summary."""
     channels = getattr(model, "input_channels", (3,))
-    if len(channels) > 1:
-        raise NotImplementedError("ssmir test does not yet evaluate models with several inputs (EmambaIR events)")
     model = model.eval().to(device)
     conv = bench.convention
     rows = []
@@ -50,8 +50,15 @@ def evaluate(model: nn.Module, bench: Benchmark, ensemble: int = 1, tile: int | 
         if lq.shape[0] != channels[0]:
             raise DatasetError(f"{bench.name}/{sample.name}: input has {lq.shape[0]} channels, the model takes "
                                f"{channels[0]}")
+        extra = []
+        if len(channels) > 1:
+            if sample.events is None:
+                raise DatasetError(f"{bench.name}: the model takes events as well, this dataset has none")
+            extra = [sample.events(channels[1])[None].to(device)]
+        elif sample.events is not None:
+            raise DatasetError(f"{bench.name}: an event dataset needs an event model (e.g. emambair)")
         start = time.perf_counter()
-        pred = restore_tensor(model, lq[None].to(device), ensemble=ensemble, tile=tile, overlap=overlap)
+        pred = restore_tensor(model, lq[None].to(device), *extra, ensemble=ensemble, tile=tile, overlap=overlap)
         seconds = time.perf_counter() - start
         pred = pred[0, :, : gt.shape[1], : gt.shape[2]].float().clamp(0, 1).cpu()
         if pred.shape != gt.shape:

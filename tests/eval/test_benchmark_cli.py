@@ -206,3 +206,23 @@ def test_jpeg_degradation_is_real_compression():
     img = torch.rand(1, 32, 32).mul(255).round() / 255
     low, high = jpeg_compress(img, 10), jpeg_compress(img, 95)
     assert F.mse_loss(high, img) < F.mse_loss(low, img)
+
+
+def test_event_deblurring_set_feeds_frame_and_voxels_to_emambair(tmp_path):
+    rng = np.random.default_rng(7)
+    for sub in ("blur", "sharp"):
+        _write(tmp_path / sub / "f1.png", _rand_image(rng, 40, 44))
+    (tmp_path / "events").mkdir()
+    n = 300
+    np.savez(tmp_path / "events" / "f1.npz", x=rng.integers(0, 44, n), y=rng.integers(0, 40, n),
+             t=np.sort(rng.random(n)), p=rng.integers(0, 2, n))
+    model = M.create("emambair", wf=8, depth=2, num_heads=[1, 2])
+    weights = save_model(model, tmp_path / "em.safetensors")
+    out = tmp_path / "res"
+    r = runner.invoke(app, ["test", "--weights", str(weights), "--dataset", "event-deblur", "--root", str(tmp_path),
+                            "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "summary.json").read_text())["images"] == 1
+    (tmp_path / "events" / "f1.npz").unlink()
+    r = runner.invoke(app, ["test", "--weights", str(weights), "--dataset", "event-deblur", "--root", str(tmp_path)])
+    assert r.exit_code == 2 and "no event file" in r.output
