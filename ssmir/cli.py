@@ -256,6 +256,46 @@ def erf_cmd(
     typer.echo(f"ERF of the centre pixel over {len(imgs)} image(s) of {size}x{size}: {path}")
 
 
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Option(..., "--config", help="Training YAML (the official EAMamba schema)."),
+    output: Path | None = typer.Option(None, "--output", help="Run folder [runs/<config stem>]."),
+    resume: str | None = typer.Option(None, "--resume", help="Checkpoint to continue from, or 'last'."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: key.sub=value (repeatable)."),
+    cpu: bool = typer.Option(False, "--cpu", help="Train on CPU even where a GPU exists."),
+    workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
+    stop_after: int | None = typer.Option(None, "--stop-after", help="Stop (and save last.pth) after this "
+                                          "iteration; resume later with --resume last."),
+):
+    """Train with the official recipe; `accelerate launch -m ssmir train ...` for several processes."""
+    from ssmir.train.config import ConfigError, load_config
+    from ssmir.train.data import DataError
+
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        _fail(str(e))
+    try:
+        from ssmir.train.trainer import Trainer, TrainingError
+    except ImportError as e:
+        _fail(f"training needs the train extra (pip install 'ssmir[train]'): {e}")
+    out = output or Path("runs") / config.stem
+    try:
+        trainer = Trainer(cfg, out, base=Path.cwd(), cpu=cpu, workers=workers, stop_after=stop_after)
+        target = resume or cfg.get("resume")
+        if target:
+            trainer.resume(out / "last.pth" if target == "last" else Path(target))
+        result = trainer.fit()
+    except (ConfigError, DataError, TrainingError, ValueError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if trainer.acc.is_main_process:
+        extra = f", validation PSNR {result['psnr']:.2f} dB (input {result['input_psnr']:.2f} dB)" if "psnr" in result \
+            else ""
+        typer.echo(f"stopped at iteration {result['iteration']}{extra}; checkpoints in {out}")
+
+
 def _load_for_eval(weights: Path, arch: str | None, trust: bool):
     from ssmir.models.loading import CheckpointError, load_model
 

@@ -1,0 +1,1 @@
+"""Training: config schema, datasets and degradations, schedulers, the Accelerate trainer."""

@@ -1,0 +1,266 @@
+"""Training and validation data: the official dataset kinds, ssmir's folder and degradation forms.
+
+Kinds (``train_dataset.dataset.name``):
+
+- ``denoising-color-dataset``: clean images (``gt_data_file`` list or ``gt_dir``) plus Gaussian noise,
+  ``sigma_type`` constant / random (uniform in ``sigma_range``) / choice, sigma on the 0-255 scale.
+- ``paired-dataset`` / ``sr-paired-dataset``: ``gt_data_file`` + ``lq_data_file`` lists (or ``gt_dir`` +
+  ``lq_dir`` folders with matching names); the scale is the size ratio. ``lq2_data_file`` / ``lq2_dir`` adds
+  a second input view (dual-pixel: the two views stacked as 6 channels).
+- ``degraded-dataset`` (ssmir): clean images plus ``degradation: {type: bicubic, scale: 2|3|4}`` (MATLAB-style
+  bicubic, antialiased) or ``{type: jpeg, quality: q | [lo, hi]}``.
+
+Every training sample is drawn from a generator seeded by (seed, process rank, iteration, slot), so a run
+is reproducible, each process sees different data, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssmir.data.benchmarks import add_test_noise, jpeg_compress
+from ssmir.data.io import IMAGE_SUFFIXES, read_image
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used, reported by path before training starts."""
+
+
+# ----------------------------------------------------------------------------- MATLAB-style bicubic
+
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+    ax = np.abs(x)
+    return ((1.5 * ax**3 - 2.5 * ax**2 + 1) * (ax <= 1)
+            + (-0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+
+
+def _resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
+    """(out_len, in_len) weights of MATLAB's imresize (bicubic, antialiased when shrinking, mirrored borders)."""
+    width = 4.0 / scale if scale < 1 else 4.0
+    i = np.arange(1, out_len + 1, dtype=np.float64)
+    u = i / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - width / 2)
+    taps = int(math.ceil(width)) + 2
+    idx = left[:, None] + np.arange(taps)[None, :]  # 1-based source positions
+    dist = u[:, None] - idx
+    w = scale * _cubic(dist * scale) if scale < 1 else _cubic(dist)
+    w = w / w.sum(1, keepdims=True)
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len)[::-1]])
+    src = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    mat = np.zeros((out_len, in_len))
+    np.add.at(mat, (np.repeat(np.arange(out_len), taps), src.reshape(-1)), w.reshape(-1))
+    return mat
+
+
+def imresize(img: torch.Tensor, scale: float) -> torch.Tensor:
+    """MATLAB ``imresize(img, scale, 'bicubic')`` of a (C, H, W) tensor (no clipping, no rounding)."""
+    c, h, w = img.shape
+    oh, ow = math.ceil(h * scale), math.ceil(w * scale)
+    mh = torch.from_numpy(_resize_matrix(h, oh, scale)).to(img.dtype)
+    mw = torch.from_numpy(_resize_matrix(w, ow, scale)).to(img.dtype)
+    return torch.einsum("oh,chw,pw->cop", mh, img, mw)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _files(args: dict, key: str, base: Path) -> list[Path] | None:
+    """The images of a ``<key>_data_file`` list or a ``<key>_dir`` folder (None when neither is given)."""
+    if args.get(f"{key}_data_file"):
+        lst = Path(args[f"{key}_data_file"])
+        lst = lst if lst.is_absolute() else base / lst
+        if not lst.is_file():
+            raise DataError(f"{lst}: list file not found")
+        files = [Path(s.strip()) for s in lst.read_text().splitlines() if s.strip()]
+        files = [f if f.is_absolute() else base / f for f in files]
+        if not files:
+            raise DataError(f"{lst}: empty list file")
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{lst}: {len(missing)} listed image(s) missing, e.g. {missing[0]}")
+        return files
+    if args.get(f"{key}_dir"):
+        folder = Path(args[f"{key}_dir"])
+        folder = folder if folder.is_absolute() else base / folder
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder ({key} images)")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def _augment(tensors: list[torch.Tensor], mode: int) -> list[torch.Tensor]:
+    """One of the 8 flips/rotations, the same for every tensor."""
+    out = []
+    for t in tensors:
+        if mode & 4:
+            t = t.flip(-1)
+        out.append(torch.rot90(t, mode & 3, dims=(-2, -1)))
+    return out
+
+
+_KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "degraded-dataset")
+_ARGS = {"gt_data_file", "lq_data_file", "lq2_data_file", "gt_dir", "lq_dir", "lq2_dir", "phase", "repeat", "augment",
+         "sigma_type", "sigma_range", "degradation", "crop_size"}
+
+
+class RestorationData(torch.utils.data.Dataset):
+    """Training samples keyed by ``(iteration, slot, crop)``; validation samples keyed by index."""
+
+    def __init__(self, spec: dict, base: str | Path = ".", seed: int = 0, rank: int = 0, train: bool = True):
+        self.kind = spec.get("name")
+        args = dict(spec.get("args") or {})
+        if self.kind not in _KINDS:
+            raise DataError(f"dataset name {self.kind!r} is not one of {', '.join(_KINDS)}")
+        unknown = sorted(set(args) - _ARGS)
+        if unknown:
+            raise DataError(f"dataset {self.kind}: unknown argument(s) {unknown}")
+        base = Path(base)
+        self.args, self.seed, self.rank, self.train = args, seed, rank, train
+        self.augment = bool(args.get("augment", False)) and train
+        self.gt = _files(args, "gt", base)
+        if self.gt is None:
+            raise DataError(f"dataset {self.kind}: give gt_data_file or gt_dir")
+        self.lq = _files(args, "lq", base) if self.kind in ("paired-dataset", "sr-paired-dataset") else None
+        self.lq2 = _files(args, "lq2", base) if self.lq is not None else None
+        if self.kind in ("paired-dataset", "sr-paired-dataset"):
+            if self.lq is None:
+                raise DataError(f"dataset {self.kind}: give lq_data_file or lq_dir")
+            for other in [self.lq] + ([self.lq2] if self.lq2 else []):
+                if len(other) != len(self.gt):
+                    raise DataError(f"dataset {self.kind}: {len(self.gt)} ground truths but {len(other)} inputs")
+            self.scale = self._check_pairs()
+        elif self.kind == "degraded-dataset":
+            deg = args.get("degradation") or {}
+            if deg.get("type") == "bicubic":
+                self.scale = int(deg.get("scale", 0))
+                if self.scale not in (2, 3, 4):
+                    raise DataError("degradation bicubic: scale must be 2, 3 or 4")
+            elif deg.get("type") == "jpeg":
+                self.scale = 1
+            else:
+                raise DataError("degraded-dataset: degradation.type must be 'bicubic' or 'jpeg'")
+            for p in self.gt:
+                _image_size(p)
+        else:
+            self.scale = 1
+            for p in self.gt:
+                _image_size(p)
+            if args.get("sigma_type", "constant") not in ("constant", "random", "choice"):
+                raise DataError(f"sigma_type {args['sigma_type']!r} is not constant, random or choice")
+
+    def _check_pairs(self) -> int:
+        scale = None
+        for i, (g, q) in enumerate(zip(self.gt, self.lq, strict=True)):
+            gh, gw = _image_size(g)
+            qh, qw = _image_size(q)
+            if gh % qh or gw % qw or gh // qh != gw // qw:
+                raise DataError(f"{q}: size {qw}x{qh} does not divide its ground truth {g} ({gw}x{gh})")
+            s = gh // qh
+            if scale is not None and s != scale:
+                raise DataError(f"{q}: scale {s} differs from the other pairs' {scale}")
+            if self.lq2 and _image_size(self.lq2[i]) != (qh, qw):
+                raise DataError(f"{self.lq2[i]}: size differs from its first view {q}")
+            scale = s
+        return scale
+
+    def __len__(self) -> int:
+        return len(self.gt)
+
+    # ------------------------------------------------------------------ degradations
+
+    def _sigma(self, rng) -> float:
+        kind, rng_arg = self.args.get("sigma_type", "constant"), self.args.get("sigma_range", 15)
+        if kind == "random":
+            return float(rng.uniform(rng_arg[0], rng_arg[1]))
+        if kind == "choice":
+            return float(rng.choice(rng_arg))
+        return float(rng_arg)
+
+    def _degrade(self, gt: torch.Tensor, rng) -> torch.Tensor:
+        deg = self.args["degradation"]
+        if deg["type"] == "bicubic":
+            return imresize(gt, 1 / self.scale)
+        q = deg.get("quality", 40)
+        quality = int(rng.integers(q[0], q[1] + 1)) if isinstance(q, list) else int(q)
+        gray = gt.shape[0] == 1
+        chans = [jpeg_compress(gt[c:c + 1], quality) for c in range(gt.shape[0])] if not gray else [
+            jpeg_compress(gt, quality)]
+        return torch.cat(chans)
+
+    # ------------------------------------------------------------------ samples
+
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        gt = read_image(self.gt[i])
+        lq = None
+        if self.lq is not None:
+            lq = read_image(self.lq[i])
+            if self.lq2:
+                lq = torch.cat([lq, read_image(self.lq2[i])])
+        return gt, lq
+
+    def training_sample(self, iteration: int, slot: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, iteration, slot])
+        gt, lq = self._load(int(rng.integers(len(self.gt))))
+        s = self.scale
+        if self.kind == "degraded-dataset" and s > 1:  # crop the clean image to whole LR pixels first
+            gt = gt[:, : gt.shape[1] // s * s, : gt.shape[2] // s * s]
+        if gt.shape[1] < crop or gt.shape[2] < crop:  # small images are reflect-padded, as in the official code
+            ph, pw = max(0, crop - gt.shape[1]), max(0, crop - gt.shape[2])
+            gt = F.pad(gt[None], (0, pw, 0, ph), mode="reflect")[0]
+            if lq is not None:
+                lq = F.pad(lq[None], (0, pw // s, 0, ph // s), mode="reflect")[0]
+        c = crop // s
+        h, w = gt.shape[1] // s, gt.shape[2] // s
+        top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        gt = gt[:, top * s:(top + c) * s, left * s:(left + c) * s]
+        if lq is not None:
+            lq = lq[:, top:top + c, left:left + c]
+        if self.augment:
+            mode = int(rng.integers(8))
+            gt, lq = _augment([gt, lq], mode) if lq is not None else (_augment([gt], mode)[0], None)
+        if self.kind == "denoising-color-dataset":
+            sigma = self._sigma(rng)
+            lq = gt + torch.from_numpy(rng.standard_normal(gt.shape).astype(np.float32)) * (sigma / 255.0)
+        elif self.kind == "degraded-dataset":
+            lq = self._degrade(gt, rng)
+        return lq.contiguous(), gt.contiguous()
+
+    def validation_sample(self, i: int, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic: the centre crop of image i, with the official seeded test noise for denoising."""
+        gt, lq = self._load(i)
+        s = self.scale
+        if crop:
+            c = crop // s
+            h, w = gt.shape[1] // s, gt.shape[2] // s
+            top, left = max(0, (h - c) // 2), max(0, (w - c) // 2)
+            gt = gt[:, top * s:(top + c) * s, left * s:(left + c) * s]
+            lq = lq[:, top:top + c, left:left + c] if lq is not None else None
+        if self.kind == "denoising-color-dataset":
+            sigma = float(np.mean(self.args.get("sigma_range", 15)))
+            lq = add_test_noise(gt, sigma)
+        elif self.kind == "degraded-dataset":
+            lq = self._degrade(gt, np.random.default_rng(i))
+        return lq, gt
+
+    def __getitem__(self, key):
+        iteration, slot, crop = key
+        return self.training_sample(iteration, slot, crop)

@@ -1,0 +1,258 @@
+"""The training loop: progressive patches, AdamW, the official schedules, EMA, validation, checkpoints.
+
+Runs on one CPU, one GPU, or many processes through HuggingFace Accelerate
+(``accelerate launch --num_processes N -m ssmir train ...``); the batch size is per process, as in the
+official configs. Checkpoints use the official EAMamba layout
+(``{'model': {name, args, sd, sd_e}, 'optimizer': {name, args, sd}, 'current_iter', 'state'}``), are written
+atomically, and resume exactly: data are drawn from generators keyed by iteration, and the optimizer,
+scheduler, EMA and RNG states travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import csv
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ssmir.data.io import atomic_write, save_image
+from ssmir.eval.inference import run_model, size_multiple
+from ssmir.eval.metrics import psnr, ssim
+from ssmir.models.loading import save_model
+from ssmir.models.registry import create
+from ssmir.train.data import RestorationData
+from ssmir.train.schedulers import make_optimizer, make_scheduler
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot start or continue."""
+
+
+def stage_at(cfg: dict, iteration: int) -> tuple[int, int, int]:
+    """(stage index, batch size, crop size) for a 1-based iteration under ``progressive_train``."""
+    pt = cfg.get("progressive_train")
+    if not pt or not pt.get("iters"):
+        return 0, cfg["train_dataset"]["batch_size"], cfg["train_dataset"]["crop_size"]
+    ends = np.cumsum(pt["iters"])
+    k = int(min(np.searchsorted(ends, iteration), len(ends) - 1))  # first stage whose end >= iteration
+    return k, int(pt["batch_sizes"][k]), int(pt["crop_sizes"][k])
+
+
+class IterationBatches(torch.utils.data.Sampler):
+    """Batch keys ``[(iteration, slot, crop), ...]`` for iterations ``start..total``, sized by the stage."""
+
+    def __init__(self, cfg: dict, start: int, total: int):
+        self.cfg, self.start, self.total = cfg, start, total
+
+    def __iter__(self):
+        for it in range(self.start, self.total + 1):
+            _, bs, crop = stage_at(self.cfg, it)
+            yield [(it, j, crop) for j in range(bs)]
+
+    def __len__(self):
+        return max(0, self.total - self.start + 1)
+
+
+def charbonnier(pred, gt, eps=1e-3):
+    return torch.sqrt((pred - gt) ** 2 + eps**2).mean()
+
+
+def _plain(obj):
+    """Checkpoint-safe copy of a state dict: Counters become dicts (``torch.load(weights_only=True)``)."""
+    if isinstance(obj, collections.Counter):
+        return dict(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+class Trainer:
+    def __init__(self, cfg: dict, output: Path, base: Path = Path("."), cpu: bool = False, workers: int = 0,
+                 stop_after: int | None = None, progress: bool = True):
+        from accelerate import Accelerator
+
+        self.cfg, self.output, self.base = cfg, Path(output), Path(base)
+        self.workers, self.stop_after, self.progress = workers, stop_after, progress
+        self.acc = Accelerator(cpu=cpu, mixed_precision=cfg["mixed_precision"])
+        seed = int(cfg["seed"])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.train_data = RestorationData(cfg["train_dataset"]["dataset"], self.base, seed, self.acc.process_index)
+        vd = cfg.get("valid_dataset")
+        self.valid_data = RestorationData(vd["dataset"], self.base, seed, train=False) if vd else None
+        m = cfg["model"]
+        self.model = create(m["name"], **copy.deepcopy(m.get("args") or {}))
+        self._check_crops()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg["optimizer"])
+        self.scheduler = make_scheduler(self.optimizer, cfg["lr_scheduler"])
+        self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
+        self.loss_fn = charbonnier if cfg["loss"] == "charbonnier" else F.l1_loss
+
+    def _check_crops(self):
+        total = self.cfg["total_iter"]
+        for it in {1, total} | set(np.cumsum((self.cfg.get("progressive_train") or {}).get("iters", [])).tolist()):
+            _, _, crop = stage_at(self.cfg, min(max(it, 1), total))
+            mult = self.train_data.scale * size_multiple(self.model)
+            if crop % mult:
+                raise TrainingError(f"crop size {crop} must be a multiple of {mult} (the data's scale "
+                                    f"{self.train_data.scale} x the model's size multiple)")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> dict:
+        m = self.cfg["model"]
+        return {
+            "model": {"name": m["name"], "args": m.get("args") or {},
+                      "sd": self.acc.unwrap_model(self.model).state_dict(), "sd_e": self.ema.state_dict()},
+            "optimizer": {"name": self.cfg["optimizer"]["name"], "args": self.cfg["optimizer"].get("args") or {},
+                          "sd": self.optimizer.state_dict()},
+            "current_iter": self.iteration,
+            "state": {"scheduler": _plain(self.scheduler.state_dict()), "torch_rng": torch.get_rng_state(),
+                      "best_psnr": self.best_psnr, "validations": self.validations,
+                      "stage": stage_at(self.cfg, max(self.iteration, 1))[0], "config": self.cfg},
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.output / name
+        ckpt = self.checkpoint()
+        atomic_write(path, lambda t: torch.save(ckpt, t))
+        self.ema.ssmir_config = {"name": self.cfg["model"]["name"], "args": self.cfg["model"].get("args") or {}}
+        save_model(self.ema, self.output / "ema.safetensors")
+        return path
+
+    def resume(self, path: Path) -> None:
+        if not Path(path).is_file():
+            raise TrainingError(f"--resume {path}: no such checkpoint")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise TrainingError(f"--resume {path}: cannot read checkpoint ({e})") from None
+        if ckpt.get("model", {}).get("name") != self.cfg["model"]["name"]:
+            raise TrainingError(f"--resume {path}: holds a {ckpt.get('model', {}).get('name')!r} model, "
+                                f"the config trains {self.cfg['model']['name']!r}")
+        self.acc.unwrap_model(self.model).load_state_dict(ckpt["model"]["sd"])
+        self.ema.load_state_dict(ckpt["model"]["sd_e"])
+        self.optimizer.load_state_dict(ckpt["optimizer"]["sd"])
+        state = ckpt.get("state", {})
+        sched = state.get("scheduler")
+        if sched:
+            if "milestones" in sched:
+                sched["milestones"] = collections.Counter(sched["milestones"])
+            self.scheduler.load_state_dict(sched)
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        self.best_psnr = state.get("best_psnr", -math.inf)
+        self.validations = state.get("validations", 0)
+        self.iteration = int(ckpt["current_iter"])
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        crop = self.cfg["valid_dataset"].get("crop_size")
+        rows = []
+        for i in range(len(self.valid_data)):
+            lq, gt = self.valid_data.validation_sample(i, crop)
+            pred = run_model(self.ema, lq[None])[0, :, : gt.shape[1], : gt.shape[2]].clamp(0, 1)
+            base = psnr(lq[: gt.shape[0]].clamp(0, 1), gt) if lq.shape == gt.shape else float("nan")
+            rows.append((psnr(pred, gt), ssim(pred, gt) if min(gt.shape[-2:]) > 20 else float("nan"), base))
+            if i == 0 and self.validations % self.cfg["val_img_save_freq_mult"] == 0:
+                up = F.interpolate(lq[None, :3], size=gt.shape[-2:], mode="nearest")[0].clamp(0, 1)
+                save_image(torch.cat([up, pred, gt], dim=2), self.output / "val" / f"iter_{self.iteration:07d}.png")
+        self.validations += 1
+        return {k: float(np.nanmean([r[j] for r in rows])) for j, k in enumerate(("psnr", "ssim", "input_psnr"))}
+
+    # ------------------------------------------------------------------ loop
+
+    def _log(self, row: dict, writer) -> None:
+        path = self.output / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["iteration", "loss", "lr", "val_psnr", "val_ssim", "val_input_psnr"])
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "iteration" and v not in ("", None):
+                    writer.add_scalar(k, float(v), row["iteration"])
+
+    def fit(self) -> dict:
+        cfg, acc = self.cfg, self.acc
+        self.output.mkdir(parents=True, exist_ok=True)
+        model, optimizer = acc.prepare(self.model, self.optimizer)
+        start, total = self.iteration + 1, cfg["total_iter"]
+        loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=IterationBatches(cfg, start, total),
+                                             num_workers=self.workers)
+        writer = None
+        if acc.is_main_process:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.output / "tb"))
+            except ImportError:
+                writer = None
+        decay = float(cfg["e_decay"])
+        last_val = {}
+        bar = tqdm(total=total, initial=self.iteration, disable=not (self.progress and acc.is_main_process),
+                   desc="train")
+        try:
+            for lq, gt in loader:
+                self.iteration += 1
+                lq, gt = lq.to(acc.device), gt.to(acc.device)
+                model.train()
+                with acc.autocast():
+                    loss = self.loss_fn(model(lq).float(), gt)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                if cfg["use_grad_clip"]:
+                    acc.clip_grad_norm_(model.parameters(), 0.01)  # the value of the official recipe
+                optimizer.step()
+                self.scheduler.step()
+                with torch.no_grad():
+                    live = dict(acc.unwrap_model(model).named_parameters())
+                    for name, p in self.ema.named_parameters():
+                        p.mul_(decay).add_(live[name].detach(), alpha=1 - decay)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", stage=stage_at(cfg, self.iteration)[0])
+                it = self.iteration
+                if acc.is_main_process:
+                    row = {"iteration": it, "loss": f"{loss.item():.6f}", "lr": f"{lr:.3e}"}
+                    if self.valid_data is not None and (it % cfg["val_freq"] == 0 or it == total):
+                        last_val = self.validate()
+                        row.update(val_psnr=f"{last_val['psnr']:.4f}", val_ssim=f"{last_val['ssim']:.4f}",
+                                   val_input_psnr=f"{last_val['input_psnr']:.4f}")
+                        if last_val["psnr"] > self.best_psnr:
+                            self.best_psnr = last_val["psnr"]
+                            self.save("best.pth")
+                    if it % cfg["print_freq"] == 0 or "val_psnr" in row or it == total:
+                        self._log(row, writer)
+                    if it % cfg["save_checkpoint_freq"] == 0:
+                        self.save(f"iter_{it:07d}.pth")
+                    if it % cfg["save_last_freq"] == 0 or it == total:
+                        self.save("last.pth")
+                if self.stop_after is not None and it >= self.stop_after:
+                    if acc.is_main_process:
+                        self.save("last.pth")
+                    break
+        except KeyboardInterrupt:
+            if acc.is_main_process:
+                path = self.save("last.pth")
+                bar.write(f"interrupted at iteration {self.iteration}: saved {path}; resume with --resume {path}")
+            raise
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        acc.wait_for_everyone()
+        return {"iteration": self.iteration, **last_val}
