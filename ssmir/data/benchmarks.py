@@ -299,12 +299,15 @@ def load_benchmark(name: str, root: str | Path, sigma: float | None = None, scal
     return Benchmark(key, d.task, Convention(d.y_only, crop), samples, given)
 
 
-def _list_file(path: str | Path, base: Path) -> list[Path]:
+def read_list_file(path: str | Path, base: Path) -> list[Path]:
+    """The image paths of a list file (one per line, relative to ``base`` unless absolute), all present."""
     p = Path(path)
     p = p if p.is_absolute() else base / p
     if not p.is_file():
         raise DatasetError(f"{p}: list file not found")
     files = [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
+    if not files:
+        raise DatasetError(f"{p}: empty list file")
     files = [f if f.is_absolute() else base / f for f in files]
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -328,12 +331,12 @@ def benchmark_from_config(cfg: dict, base: str | Path = ".", scale: int | None =
         if args.get("sigma_type", "constant") != "constant":
             raise DatasetError("test config: only sigma_type: constant is reproducible at test time")
         sigma = float(args["sigma_range"])
-        gts = _list_file(args["gt_data_file"], base)
+        gts = read_list_file(args["gt_data_file"], base)
         samples = [Sample(p.stem, lambda p=p: read_image(p), lambda p=p: add_test_noise(read_image(p), sigma))
                    for p in gts]
         task, params = _DN, {"sigma": sigma}
     elif kind in ("paired-dataset", "sr-paired-dataset"):
-        gts, lqs = _list_file(args["gt_data_file"], base), _list_file(args["lq_data_file"], base)
+        gts, lqs = read_list_file(args["gt_data_file"], base), read_list_file(args["lq_data_file"], base)
         if len(gts) != len(lqs):
             raise DatasetError(f"test config: {len(gts)} ground truths but {len(lqs)} inputs")
         samples = [Sample(g.stem, lambda g=g: read_image(g), lambda q=q: read_image(q)) for g, q in zip(gts, lqs,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ssmir.data.io import atomic_write
 from ssmir.models.registry import create, detect, get
 from ssmir.models.registry import list as list_architectures
 
@@ -171,16 +171,6 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     cfg = getattr(model, "ssmir_config", None)
     if cfg is None:
         raise ValueError("save_model: the model was not built by ssmir.models.create, so its args are unknown")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"ssmir_name": cfg["name"], "ssmir_args": json.dumps(cfg["args"]), "format": "pt"}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))

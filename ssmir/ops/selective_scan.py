@@ -84,6 +84,16 @@ def _prepare_delta(delta, delta_bias, delta_softplus):
     return delta
 
 
+def _finish(y, h, u, D, z, dtype_in, return_last_state):
+    """Add the D skip, gate by silu(z), cast back: the common end of the PyTorch backends."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    y = y.to(dtype_in)
+    return (y, h.to(dtype_in)) if return_last_state else y
+
+
 # --------------------------------------------------------------------------- reference
 
 
@@ -108,12 +118,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         h = torch.exp(dt * A) * h + dt * B_t * u_t[..., None]
         ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(nb, nd, 0)
-    if D is not None:
-        y = y + u * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    y = y.to(dtype_in)
-    return (y, h.to(dtype_in)) if return_last_state else y
+    return _finish(y, h, u, D, z, dtype_in, return_last_state)
 
 
 # --------------------------------------------------------------------------- pure PyTorch, any device
@@ -171,12 +176,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
             y_c, h = _torch_chunk_outputs(*args)
         ys.append(y_c)
     y = torch.cat(ys, dim=-1) if ys else u.new_zeros(nb, nd, 0)
-    if D is not None:
-        y = y + u * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    y = y.to(dtype_in)
-    return (y, h.to(dtype_in)) if return_last_state else y
+    return _finish(y, h, u, D, z, dtype_in, return_last_state)
 
 
 # --------------------------------------------------------------------------- numba (compiled CPU)

@@ -94,13 +94,9 @@ def load_images(folder: str | Path | None, size: int = 128, count: int = 16, noi
 
 def save_heatmaps(maps: dict[str, np.ndarray], path: str | Path, floor: float = 1e-4) -> Path:
     """Side-by-side heatmaps on one colour scale: each map over its own maximum, log10, in [log10 floor, 0]."""
-    try:
-        import matplotlib
+    from ssmir.profiling.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("plotting needs matplotlib (pip install 'ssmir[tools]')") from None
+    plt = pyplot()
     n = len(maps)
     fig, axes = plt.subplots(1, n, figsize=(4 * n + 1, 4), squeeze=False)
     vmin = np.log10(floor)

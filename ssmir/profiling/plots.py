@@ -17,8 +17,8 @@ def growth_exponent(pixels: list[float], values: list[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def plot_sweep(rows: list[dict], title: str, path: str | Path) -> Path:
-    """Log-log plots of GMACs, latency and peak memory against pixels."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or a clear error when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -26,6 +26,12 @@ def plot_sweep(rows: list[dict], title: str, path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("plotting needs matplotlib (pip install 'ssmir[tools]')") from None
+    return plt
+
+
+def plot_sweep(rows: list[dict], title: str, path: str | Path) -> Path:
+    """Log-log plots of GMACs, latency and peak memory against pixels."""
+    plt = pyplot()
     pixels = [r["size"] ** 2 for r in rows]
     series = [("gmacs", "GMACs"), ("latency_ms", "latency (ms)"), ("memory_mib", "peak memory (MiB)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))

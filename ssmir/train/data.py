@@ -23,12 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssmir.data.benchmarks import add_test_noise, jpeg_compress
+from ssmir.data.benchmarks import DatasetError, add_test_noise, jpeg_compress, read_list_file
 from ssmir.data.io import IMAGE_SUFFIXES, read_image
 
-
-class DataError(ValueError):
-    """A dataset that cannot be used, reported by path before training starts."""
+DataError = DatasetError  # a dataset that cannot be used, reported by path before training starts
 
 
 # ----------------------------------------------------------------------------- MATLAB-style bicubic
@@ -73,18 +71,7 @@ def imresize(img: torch.Tensor, scale: float) -> torch.Tensor:
 def _files(args: dict, key: str, base: Path) -> list[Path] | None:
     """The images of a ``<key>_data_file`` list or a ``<key>_dir`` folder (None when neither is given)."""
     if args.get(f"{key}_data_file"):
-        lst = Path(args[f"{key}_data_file"])
-        lst = lst if lst.is_absolute() else base / lst
-        if not lst.is_file():
-            raise DataError(f"{lst}: list file not found")
-        files = [Path(s.strip()) for s in lst.read_text().splitlines() if s.strip()]
-        files = [f if f.is_absolute() else base / f for f in files]
-        if not files:
-            raise DataError(f"{lst}: empty list file")
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise DataError(f"{lst}: {len(missing)} listed image(s) missing, e.g. {missing[0]}")
-        return files
+        return read_list_file(args[f"{key}_data_file"], base)
     if args.get(f"{key}_dir"):
         folder = Path(args[f"{key}_dir"])
         folder = folder if folder.is_absolute() else base / folder
