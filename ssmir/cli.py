@@ -174,8 +174,13 @@ def profile_cmd(
         row.update(latency_ms=t.latency_ms, memory_mib=t.peak_memory_bytes / 2**20)
         return row, report
 
+    from ssmir.eval.inference import min_size, size_multiple
+
+    mult, lo = size_multiple(net), min_size(net)
     if not var:
         h, w = _parse_size(size)
+        if h % mult or w % mult or min(h, w) < lo:
+            _fail(f"--size {size}: {label} takes sizes that are multiples of {mult} and at least {lo}")
         try:
             row, report = measure(h, w)
         except (MeasureError, RuntimeError) as e:
@@ -189,7 +194,10 @@ def profile_cmd(
 
     from ssmir.profiling.plots import growth_exponent, plot_sweep
 
-    sizes = doubling_sizes(32, max_size)
+    start = 32
+    while start < lo or start % mult:
+        start *= 2  # the smallest power of two the model takes
+    sizes = doubling_sizes(start, max_size)
     typer.echo(f"sweeping {', '.join(f'{s}x{s}' for s in sizes)} on {device}; stops at the first size that fails\n")
     typer.echo("| size | pixels | GMACs | latency (ms) | peak memory (MiB) |")
     typer.echo("|---|---:|---:|---:|---:|")

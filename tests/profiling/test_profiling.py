@@ -124,6 +124,8 @@ def test_profile_cli_single_size_and_bad_options(tmp_path):
     assert result.exit_code == 2 and "unknown" in result.output
     result = runner.invoke(app, ["profile", "--model", "eamambasr-light-x2", "--size", "big"])
     assert result.exit_code == 2 and "expected HxW" in result.output
+    result = runner.invoke(app, ["profile", "--model", "emambair-event-deblur", "--size", "32x32"])
+    assert result.exit_code == 2 and "multiples of 4 and at least 60" in result.output
 
 
 def test_erf_cli_compares_two_configs(tmp_path):
