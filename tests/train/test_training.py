@@ -180,3 +180,26 @@ def test_cosine_restart_cyclic_schedule():
     assert lrs[5] == pytest.approx(0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[10] == pytest.approx(0.5)  # end of the first cycle (iteration <= 10 belongs to it)
     assert lrs[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    import signal
+    import time
+
+    cfg = _config(tmp_path, 100000, valid_dataset=None, save_last_freq=100000)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ssmir", "train", "--config", str(tmp_path / "cfg.yaml"), "--output",
+                             str(run), "--cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").exists() and time.time() < deadline:  # first log line: training is under way
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    ckpt = torch.load(run / "last.pth", weights_only=True)
+    assert ckpt["current_iter"] >= 10
+    resumed = Trainer({**cfg, "total_iter": ckpt["current_iter"] + 2}, run, cpu=True, progress=False)
+    resumed.resume(run / "last.pth")
+    assert resumed.fit()["iteration"] == ckpt["current_iter"] + 2
