@@ -9,6 +9,11 @@ Kinds (``train_dataset.dataset.name``):
   a second input view (dual-pixel: the two views stacked as 6 channels).
 - ``degraded-dataset`` (ssmir): clean images plus ``degradation: {type: bicubic, scale: 2|3|4}`` (MATLAB-style
   bicubic, antialiased) or ``{type: jpeg, quality: q | [lo, hi]}``.
+- ``event-sequence-dataset`` (ssmir, for EmambaIR): ``sequence_dir`` holds one folder of sharp frames per
+  sequence; each sample averages ``frames_per_blur`` consecutive frames into a blurry frame, simulates the
+  exposure's events (``ssmir.data.events.simulate_events`` on the frames' luma, ``contrast_threshold``,
+  ``threshold_sigma``), voxelises them into ``bins`` and targets the middle frame. Samples are
+  ``(blurry, voxels, sharp)``.
 
 Every training sample is drawn from a generator seeded by (seed, process rank, iteration, slot), so a run
 is reproducible, each process sees different data, and a resumed run continues exactly.
@@ -104,9 +109,83 @@ def _augment(tensors: list[torch.Tensor], mode: int) -> list[torch.Tensor]:
     return out
 
 
-_KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "degraded-dataset")
+_KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "degraded-dataset",
+          "event-sequence-dataset")
 _ARGS = {"gt_data_file", "lq_data_file", "lq2_data_file", "gt_dir", "lq_dir", "lq2_dir", "phase", "repeat", "augment",
-         "sigma_type", "sigma_range", "degradation", "crop_size"}
+         "sigma_type", "sigma_range", "degradation", "crop_size", "sequence_dir", "frames_per_blur", "bins",
+         "contrast_threshold", "threshold_sigma"}
+
+
+class EventSequenceData(torch.utils.data.Dataset):
+    """(blurry frame, event voxel grid, sharp middle frame) simulated from sequences of sharp frames."""
+
+    def __init__(self, args: dict, base: Path, seed: int = 0, rank: int = 0):
+        from ssmir.data.io import list_images
+
+        root = Path(args.get("sequence_dir", ""))
+        root = root if root.is_absolute() else base / root
+        if not root.is_dir():
+            raise DataError(f"{root}: no such folder (sequence_dir: one sub-folder of frames per sequence)")
+        self.n = int(args.get("frames_per_blur", 7))
+        self.sequences = [list_images(d) for d in sorted(root.iterdir()) if d.is_dir()]
+        self.sequences = [s for s in self.sequences if len(s) >= self.n]
+        if not self.sequences:
+            raise DataError(f"{root}: no sequence folder with at least {self.n} frames")
+        for seq in self.sequences:
+            sizes = {_image_size(p) for p in seq}
+            if len(sizes) != 1:
+                raise DataError(f"{seq[0].parent}: frames differ in size {sorted(sizes)}")
+        self.bins = int(args.get("bins", 6))
+        self.threshold = float(args.get("contrast_threshold", 0.2))
+        self.sigma = float(args.get("threshold_sigma", 0.03))
+        self.augment = bool(args.get("augment", False))
+        self.seed, self.rank, self.scale, self.train = seed, rank, 1, True
+
+    def __len__(self) -> int:
+        return sum(len(s) - self.n + 1 for s in self.sequences)
+
+    @property
+    def validation_count(self) -> int:
+        return len(self.sequences)  # one fixed exposure per sequence
+
+    def _make(self, rng, crop: int | None):
+        from ssmir.data.events import blur_from_frames, events_to_voxel, simulate_events
+
+        seq = self.sequences[int(rng.integers(len(self.sequences)))]
+        start = int(rng.integers(len(seq) - self.n + 1))
+        frames = torch.stack([read_image(p) for p in seq[start:start + self.n]])  # (N, 3, H, W)
+        if crop:
+            h, w = frames.shape[-2:]
+            if h < crop or w < crop:
+                raise DataError(f"{seq[0].parent}: frames of {w}x{h} are smaller than the crop {crop}")
+            top, left = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+            frames = frames[..., top:top + crop, left:left + crop]
+        if self.augment:
+            frames = _augment([frames], int(rng.integers(8)))[0]
+        luma = (0.299 * frames[:, 0] + 0.587 * frames[:, 1] + 0.114 * frames[:, 2]).numpy()
+        events = simulate_events(luma, np.linspace(0.0, 1.0, self.n), self.threshold, self.sigma,
+                                 seed=int(rng.integers(2**31)))
+        h, w = frames.shape[-2:]
+        voxels = events_to_voxel(events, self.bins, h, w, t_start=0.0, t_end=1.0)
+        blurry = torch.from_numpy(blur_from_frames(frames.numpy()).astype(np.float32))
+        return blurry, voxels, frames[self.n // 2].contiguous()
+
+    def __getitem__(self, key):
+        iteration, slot, crop = key
+        return self._make(np.random.default_rng([self.seed, self.rank, iteration, slot]), crop)
+
+    def validation_sample(self, i: int, crop: int | None = None):
+        return self._make(np.random.default_rng([self.seed, 10**6 + i]), crop)
+
+
+def make_dataset(spec: dict, base: str | Path = ".", seed: int = 0, rank: int = 0, train: bool = True):
+    """The dataset object for ``train_dataset.dataset`` / ``valid_dataset.dataset``."""
+    if spec.get("name") == "event-sequence-dataset":
+        unknown = sorted(set(spec.get("args") or {}) - _ARGS)
+        if unknown:
+            raise DataError(f"dataset event-sequence-dataset: unknown argument(s) {unknown}")
+        return EventSequenceData(dict(spec.get("args") or {}), Path(base), seed, rank)
+    return RestorationData(spec, base, seed, rank, train)
 
 
 class RestorationData(torch.utils.data.Dataset):

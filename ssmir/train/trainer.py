@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssmir.data.io import atomic_write, save_image
-from ssmir.eval.inference import run_model, size_multiple
+from ssmir.eval.inference import min_size, run_model, size_multiple
 from ssmir.eval.metrics import psnr, ssim
 from ssmir.models.loading import save_model
 from ssmir.models.registry import create
-from ssmir.train.data import RestorationData
+from ssmir.train.data import make_dataset
 from ssmir.train.schedulers import make_optimizer, make_scheduler
 
 
@@ -85,9 +85,9 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.train_data = RestorationData(cfg["train_dataset"]["dataset"], self.base, seed, self.acc.process_index)
+        self.train_data = make_dataset(cfg["train_dataset"]["dataset"], self.base, seed, self.acc.process_index)
         vd = cfg.get("valid_dataset")
-        self.valid_data = RestorationData(vd["dataset"], self.base, seed, train=False) if vd else None
+        self.valid_data = make_dataset(vd["dataset"], self.base, seed, train=False) if vd else None
         m = cfg["model"]
         self.model = create(m["name"], **copy.deepcopy(m.get("args") or {}))
         self._check_crops()
@@ -102,6 +102,8 @@ class Trainer:
         for it in {1, total} | set(np.cumsum((self.cfg.get("progressive_train") or {}).get("iters", [])).tolist()):
             _, _, crop = stage_at(self.cfg, min(max(it, 1), total))
             mult = self.train_data.scale * size_multiple(self.model)
+            if crop // self.train_data.scale < min_size(self.model):
+                raise TrainingError(f"crop size {crop} is below the model's minimum input size {min_size(self.model)}")
             if crop % mult:
                 raise TrainingError(f"crop size {crop} must be a multiple of {mult} (the data's scale "
                                     f"{self.train_data.scale} x the model's size multiple)")
@@ -160,9 +162,10 @@ class Trainer:
     def validate(self) -> dict:
         crop = self.cfg["valid_dataset"].get("crop_size")
         rows = []
-        for i in range(len(self.valid_data)):
-            lq, gt = self.valid_data.validation_sample(i, crop)
-            pred = run_model(self.ema, lq[None])[0, :, : gt.shape[1], : gt.shape[2]].clamp(0, 1)
+        for i in range(getattr(self.valid_data, "validation_count", len(self.valid_data))):
+            *inputs, gt = self.valid_data.validation_sample(i, crop)
+            lq = inputs[0]
+            pred = run_model(self.ema, *(t[None] for t in inputs))[0, :, : gt.shape[1], : gt.shape[2]].clamp(0, 1)
             base = psnr(lq[: gt.shape[0]].clamp(0, 1), gt) if lq.shape == gt.shape else float("nan")
             rows.append((psnr(pred, gt), ssim(pred, gt) if min(gt.shape[-2:]) > 20 else float("nan"), base))
             if i == 0 and self.validations % self.cfg["val_img_save_freq_mult"] == 0:
@@ -206,12 +209,12 @@ class Trainer:
         bar = tqdm(total=total, initial=self.iteration, disable=not (self.progress and acc.is_main_process),
                    desc="train")
         try:
-            for lq, gt in loader:
+            for *inputs, gt in loader:  # (lq, gt), or (frame, voxels, gt) for event models
                 self.iteration += 1
-                lq, gt = lq.to(acc.device), gt.to(acc.device)
+                inputs, gt = [t.to(acc.device) for t in inputs], gt.to(acc.device)
                 model.train()
                 with acc.autocast():
-                    loss = self.loss_fn(model(lq).float(), gt)
+                    loss = self.loss_fn(model(*inputs).float(), gt)
                 optimizer.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 if cfg["use_grad_clip"]:
