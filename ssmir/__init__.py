@@ -8,6 +8,10 @@ def __getattr__(name):  # lazy, so that `import ssmir` stays cheap
         from ssmir.models import loading
 
         return getattr(loading, name)
+    if name == "restore":
+        from ssmir.restoration import restore
+
+        return restore
     if name == "run_model":
         from ssmir.eval.inference import run_model
 

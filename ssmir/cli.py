@@ -264,6 +264,118 @@ def erf_cmd(
     typer.echo(f"ERF of the centre pixel over {len(imgs)} image(s) of {size}x{size}: {path}")
 
 
+def _collect_inputs(inputs: list[Path], pattern: str | None, recursive: bool) -> list[tuple[Path, Path]]:
+    """(file, path relative to the folder it was found in) for every input image."""
+    from ssmir.data.io import IMAGE_SUFFIXES
+
+    found = []
+    for item in inputs:
+        if item.is_dir():
+            it = item.rglob(pattern or "*") if recursive else item.glob(pattern or "*")
+            found += [(p, p.relative_to(item)) for p in sorted(it)
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif item.is_file():
+            found.append((item, Path(item.name)))
+        else:
+            _fail(f"{item}: no such file or folder")
+    if not found:
+        _fail("no input images found (PNG, JPEG, TIFF, BMP)")
+    return found
+
+
+@app.command("restore")
+def restore_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    output: Path = typer.Option(Path("restored"), "--output", "-o", help="Output folder."),
+    model: str | None = typer.Option(None, "--model", help="Zoo entry or architecture (see `ssmir models`)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Checkpoint (official, BasicSR or ssmir)."),
+    pattern: str | None = typer.Option(None, "--glob", help="File pattern inside folders, e.g. '*.jpg'."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into sub-folders."),
+    fmt: str = typer.Option("png", "--format", help="Output format: png, tif or jpg (16-bit kept in png/tif)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (inputs never)."),
+    tile: int = typer.Option(512, "--tile", help="Tile size; 0 for whole images."),
+    overlap: int = typer.Option(32, "--overlap", help="Tile overlap in pixels."),
+    tile_batch: int = typer.Option(1, "--tile-batch", help="Tiles per forward pass."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Self-ensemble over 4 flips (official)."),
+    ensemble8: bool = typer.Option(False, "--ensemble8", help="Self-ensemble over 8 flips and rotations."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    half: bool = typer.Option(False, "--half", help="Half precision on GPU."),
+    compare: bool = typer.Option(False, "--compare", help="Also write <stem>_compare.png: input | output (| gt)."),
+    ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Folder of references (same stems): "
+                                             "prints PSNR/SSIM."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files)."),
+):
+    """Restore photos of any size (tiled), keeping bit depth and alpha; one line per failed file."""
+    import torch
+    from tqdm import tqdm
+
+    from ssmir.data.io import IMAGE_SUFFIXES, ImageError, save_image
+    from ssmir.data.photos import FORMATS, load_photo, save_photo
+    from ssmir.eval.metrics import psnr, ssim
+    from ssmir.models.loading import CheckpointError
+    from ssmir.restoration import pick_device, resolve_model, restore_photo
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if ground_truth is not None and not ground_truth.is_dir():
+        _fail(f"--ground-truth {ground_truth}: no such folder")
+    files = _collect_inputs(inputs, pattern, recursive)
+    try:
+        net = resolve_model(model, weights, trust_checkpoint)
+        dev = pick_device(device)
+    except (CheckpointError, ValueError, NotImplementedError) as e:
+        _fail(str(e))
+    mode = 8 if ensemble8 else 4 if ensemble else 1
+    failed, scores = [], []
+    bar = tqdm(files, desc="restore", unit="image")
+    for path, rel in bar:
+        target = output / rel.with_suffix(f".{fmt}")
+        if target.resolve() == path.resolve():
+            failed.append(path)
+            bar.write(f"error: {path}: the output would overwrite the input; choose another --output")
+            continue
+        if target.exists() and not overwrite:
+            bar.write(f"skip: {target} exists (use --overwrite)")
+            continue
+        try:
+            photo = load_photo(path)
+            result = restore_photo(net, photo, dev, tile=tile or None, overlap=overlap, tile_batch=tile_batch,
+                                   ensemble=mode, half=half, progress=True)
+            save_photo(result, target)
+            out_t = torch.from_numpy(result.color.transpose(2, 0, 1).copy())
+            panels = [torch.from_numpy(photo.color.transpose(2, 0, 1).copy()), out_t]
+            if ground_truth is not None:
+                refs = [p for p in ground_truth.glob(f"{path.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+                if not refs:
+                    bar.write(f"warning: no reference {path.stem}.* in {ground_truth}")
+                else:
+                    gt = torch.from_numpy(load_photo(refs[0]).color.transpose(2, 0, 1).copy())
+                    if gt.shape != out_t.shape:
+                        bar.write(f"warning: {refs[0]} is {tuple(gt.shape)}, the output {tuple(out_t.shape)}")
+                    else:
+                        p_, s_ = psnr(out_t, gt), ssim(out_t, gt) if min(gt.shape[-2:]) > 20 else float("nan")
+                        scores.append((p_, s_))
+                        bar.write(f"{path.name}: PSNR {p_:.2f} dB, SSIM {s_:.4f}")
+                        panels.append(gt)
+            if compare:
+                h = max(t.shape[1] for t in panels)
+                panels = [torch.nn.functional.pad(t.expand(3, -1, -1) if t.shape[0] == 1 else t,
+                                                  (0, 0, 0, h - t.shape[1])) for t in panels]
+                save_image(torch.cat(panels, dim=2), target.with_name(f"{target.stem}_compare.png"))
+        except (ImageError, ValueError, RuntimeError, OSError) as e:
+            failed.append(path)
+            bar.write(f"error: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    bar.close()
+    if scores:
+        typer.echo(f"mean over {len(scores)} image(s): PSNR {sum(s[0] for s in scores) / len(scores):.2f} dB, "
+                   f"SSIM {sum(s[1] for s in scores) / len(scores):.4f}")
+    done = len(files) - len(failed)
+    tail = f"; {len(failed)} failed" if failed else ""
+    typer.echo(f"{done} of {len(files)} image(s) processed into {output}{tail}")
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Option(..., "--config", help="Training YAML (the official EAMamba schema)."),

@@ -25,24 +25,6 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read_16bit(path: Path, mode: str) -> torch.Tensor | None:
-    """16-bit PNG/TIFF through imageio (Pillow cannot hold 16-bit RGB); None for 8-bit files."""
-    try:
-        import imageio.v3 as iio
-    except ImportError:
-        return None
-    arr = iio.imread(path)
-    if arr.dtype != np.uint16:
-        return None
-    data = arr.astype(np.float32) / 65535.0
-    data = data[None] if data.ndim == 2 else data[..., :3].transpose(2, 0, 1)
-    if mode == "L" and data.shape[0] == 3:
-        data = (0.299 * data[0] + 0.587 * data[1] + 0.114 * data[2])[None]
-    elif mode == "RGB" and data.shape[0] == 1:
-        data = np.repeat(data, 3, axis=0)
-    return torch.from_numpy(np.ascontiguousarray(data))
-
-
 def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     """(C, H, W) float32 in [0, 1]; ``mode`` "RGB" (3 channels) or "L" (1 channel, ITU-R 601 luma).
 
@@ -54,12 +36,16 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     if path.suffix.lower() in (".png", ".tif", ".tiff"):
-        try:
-            sixteen = _read_16bit(path, mode)
-        except Exception as e:
-            raise ImageError(f"{path}: cannot read image ({e})") from None
-        if sixteen is not None:
-            return sixteen
+        from ssmir.data.photos import load_photo
+
+        photo = load_photo(path)
+        if photo.bits == 16:  # keep every bit; 8-bit files take Pillow's path below
+            c = photo.color
+            if mode == "L" and c.shape[2] == 3:
+                c = (0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2])[..., None]
+            elif mode == "RGB" and c.shape[2] == 1:
+                c = np.repeat(c, 3, axis=2)
+            return torch.from_numpy(np.ascontiguousarray(c.transpose(2, 0, 1)))
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -90,6 +76,9 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -226,3 +226,15 @@ def test_event_deblurring_set_feeds_frame_and_voxels_to_emambair(tmp_path):
     (tmp_path / "events" / "f1.npz").unlink()
     r = runner.invoke(app, ["test", "--weights", str(weights), "--dataset", "event-deblur", "--root", str(tmp_path)])
     assert r.exit_code == 2 and "no event file" in r.output
+
+
+def test_sixteen_bit_rgb_png_is_read_at_full_precision(tmp_path):
+    import png
+
+    from ssmir.data.io import read_image
+
+    deep = (np.random.default_rng(9).random((5, 6, 3)) * 65535).astype(np.uint16)
+    with open(tmp_path / "d.png", "wb") as f:
+        png.Writer(6, 5, bitdepth=16, greyscale=False).write(f, deep.reshape(5, -1).tolist())
+    img = read_image(tmp_path / "d.png")
+    np.testing.assert_allclose(img.numpy().transpose(1, 2, 0), deep / 65535.0, atol=1e-7)

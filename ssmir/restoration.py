@@ -1,0 +1,124 @@
+"""Restore users' images: the API behind ``ssmir restore`` and ``ssmir.restore``.
+
+Images of any size go through the shared tiling/ensemble helper (``ssmir.eval.tiling``), so peak memory is
+bounded by the tile, not the photo. Grayscale photos given to an RGB model are replicated to three channels
+and brought back to one (BT.601 luma); RGB photos given to a one-channel model are restored channel by
+channel; an alpha channel is carried through untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssmir.data.photos import Photo, load_photo
+from ssmir.eval.tester import restore_tensor
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; others are validated."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here")
+    return torch.device(device)
+
+
+def resolve_model(model: nn.Module | str | None = None, weights: str | Path | None = None,
+                  trust_pickle: bool = False) -> nn.Module:
+    """A model from an instance, a zoo entry / architecture name (with ``weights``), or a checkpoint file."""
+    from ssmir.models.loading import load_model
+
+    if isinstance(model, nn.Module):
+        return model.eval()
+    if weights is not None:
+        return load_model(weights, name=model, trust_pickle=trust_pickle)
+    if model is not None:
+        from ssmir.models.zoo import get_entry
+
+        entry = get_entry(model)
+        if entry.bundled_weights is None:
+            raise ValueError(f"model {model!r} has no bundled weights: pass its official weights with --weights FILE "
+                             "(see `ssmir models` and the README for where to get them)")
+    raise NotImplementedError("ssmir does not bundle a default model yet: pass --model NAME --weights FILE "
+                              "(or --weights FILE alone for files that name their architecture)")
+
+
+def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: int | None = 512, overlap: int = 32,
+                  tile_batch: int = 1, ensemble: int = 1, half: bool = False, progress: bool = False) -> Photo:
+    """Restore the colour channels of ``photo``; alpha and bit depth are kept."""
+    channels = getattr(model, "input_channels", (3,))
+    if len(channels) > 1:
+        raise ValueError("this model takes events as well; photos alone cannot be restored with it")
+    want = channels[0]
+    x = torch.from_numpy(np.ascontiguousarray(photo.color.transpose(2, 0, 1)))[None]  # (1, C, H, W)
+    gray_in = x.shape[1] == 1
+    if want == 3 and gray_in:
+        x = x.repeat(1, 3, 1, 1)
+    elif want == 1 and not gray_in:
+        x = x.transpose(0, 1)  # each colour channel as its own grayscale image
+    elif want not in (1, 3):
+        raise ValueError(f"the model takes {want}-channel inputs; photos have 1 or 3 colour channels")
+    dtype = torch.float16 if half and device.type in ("cuda", "mps") else torch.float32
+    model = model.to(device=device, dtype=dtype)
+    y = restore_tensor(model, x.to(device=device, dtype=dtype), ensemble=ensemble, tile=tile, overlap=overlap,
+                       tile_batch=tile_batch, progress=progress).float().clamp(0, 1).cpu()
+    if want == 1 and not gray_in:
+        y = y.transpose(0, 1)
+    if want == 3 and gray_in:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        y = (y * w).sum(1, keepdim=True)
+    return Photo(y[0].numpy().transpose(1, 2, 0), photo.alpha, photo.bits)
+
+
+def restore(image, model: nn.Module | str | None = None, weights: str | Path | None = None, *, tile: int | None = 512,
+            overlap: int = 32, ensemble: int = 1, device: str = "auto", half: bool = False):
+    """Restore ``image`` and return the result in the type it came in.
+
+    ``image``: a path (returns an (H, W[, C]) float32 array in [0, 1]), a PIL image (returns a PIL image of the
+    same mode), a NumPy array (H, W[, C]) of uint8/uint16/float in [0, 1] (same dtype back), or a tensor
+    (C, H, W) / (B, C, H, W) in [0, 1] (same shape back).
+    """
+    net = resolve_model(model, weights)
+    dev = pick_device(device)
+
+    def run(photo: Photo) -> Photo:
+        return restore_photo(net, photo, dev, tile=tile, overlap=overlap, ensemble=ensemble, half=half)
+
+    if isinstance(image, (str, Path)):
+        out = run(load_photo(image))
+        return out.color[..., 0] if out.color.shape[2] == 1 else out.color
+    if isinstance(image, torch.Tensor):
+        batched = image if image.dim() == 4 else image[None]
+        outs = [torch.from_numpy(run(Photo(b.permute(1, 2, 0).float().cpu().numpy(), None)).color).permute(2, 0, 1)
+                for b in batched]
+        result = torch.stack(outs).to(image.dtype)
+        return result if image.dim() == 4 else result[0]
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is part of the tools extra
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else image.mode
+                                       if image.mode in ("L", "RGB") else "RGB"))
+        restored = restore(arr, net, tile=tile, overlap=overlap, ensemble=ensemble, device=device, half=half)
+        return Image.fromarray(restored)
+    arr = np.asarray(image)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+    f = arr.astype(np.float32) / scale
+    color, alpha = (f[..., None], None) if f.ndim == 2 else ((f[..., :3], f[..., 3]) if f.shape[2] == 4 else (f, None))
+    out = run(Photo(color, alpha))
+    res = out.color if alpha is None else np.concatenate([out.color, alpha[..., None]], axis=2)
+    res = res[..., 0] if arr.ndim == 2 else res
+    if scale != 1.0:
+        return np.rint(np.clip(res, 0, 1) * scale).astype(arr.dtype)
+    return res.astype(arr.dtype, copy=False)

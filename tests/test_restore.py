@@ -1,0 +1,146 @@
+"""ssmir restore and ssmir.restore: formats, alpha, bit depth, EXIF, bad files, tiling, API types."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import ssmir
+import ssmir.models as M
+from ssmir.cli import app
+from ssmir.data.photos import Photo, load_photo
+from ssmir.models.loading import save_model
+from ssmir.restoration import restore_photo
+
+runner = CliRunner()
+CFG = {"scan_type": "diagonal", "scan_count": 4, "scan_merge_method": "concate", "d_state": 4, "d_conv": 3,
+       "expand": 1, "conv_2d": True}
+
+
+def identity_model():
+    model = M.create("eamamba", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, mamba_cfg=CFG)
+    with torch.no_grad():
+        model.output.weight.zero_()  # output = input exactly
+    return model.eval()
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return save_model(identity_model(), tmp_path / "identity.safetensors")
+
+
+def _run(*args):
+    return runner.invoke(app, ["restore", *map(str, args)])
+
+
+def test_rgba_gray_and_16bit_round_trip(tmp_path, weights):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    rgba = (rng.random((20, 24, 4)) * 255).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(src / "a.png")
+    gray = (rng.random((17, 19)) * 255).astype(np.uint8)
+    Image.fromarray(gray, "L").save(src / "g.png")
+    import png
+
+    deep = (rng.random((9, 11, 3)) * 65535).astype(np.uint16)
+    png.Writer(11, 9, bitdepth=16, greyscale=False).write(open(src / "d.png", "wb"), deep.reshape(9, -1).tolist())
+    out = tmp_path / "out"
+    r = _run(src, "-o", out, "--weights", weights, "--tile", 0)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), rgba)  # alpha carried, colours identical
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "g.png")), gray)
+    back = load_photo(out / "d.png")
+    assert back.bits == 16
+    np.testing.assert_array_equal(np.rint(back.color * 65535).astype(np.uint16), deep)
+
+
+def test_exif_orientation_is_honoured(tmp_path, weights):
+    img = Image.fromarray((np.random.rand(10, 30, 3) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "p.jpg", exif=exif)
+    r = _run(tmp_path / "p.jpg", "-o", tmp_path / "out", "--weights", weights)
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "out" / "p.png").size == (10, 30)
+
+
+def test_bad_files_are_reported_and_the_rest_processed(tmp_path, weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(src / "good.png")
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    r = _run(src, "-o", tmp_path / "out", "--weights", weights)
+    assert r.exit_code == 1
+    assert "broken.png" in r.output and "1 of 2 image(s)" in r.output
+    assert (tmp_path / "out" / "good.png").is_file()
+
+
+def test_existing_outputs_are_skipped_and_inputs_never_overwritten(tmp_path, weights):
+    Image.fromarray(np.full((12, 12, 3), 7, np.uint8)).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out / "x.png")
+    r = _run(tmp_path / "x.png", "-o", out, "--weights", weights)
+    assert r.exit_code == 0 and "skip" in r.output and Image.open(out / "x.png").size == (4, 4)
+    r = _run(tmp_path / "x.png", "-o", out, "--weights", weights, "--overwrite")
+    assert r.exit_code == 0 and Image.open(out / "x.png").size == (12, 12)
+    r = _run(tmp_path / "x.png", "-o", tmp_path, "--weights", weights, "--overwrite")
+    assert r.exit_code == 1 and "would overwrite the input" in r.output
+
+
+def test_compare_strip_and_ground_truth_scores(tmp_path, weights):
+    rng = np.random.default_rng(1)
+    img = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    Image.fromarray(np.clip(img.astype(int) + 3, 0, 255).astype(np.uint8)).save(gt / "p.png")
+    r = _run(tmp_path / "p.png", "-o", tmp_path / "out", "--weights", weights, "--compare", "--ground-truth", gt)
+    assert r.exit_code == 0, r.output
+    assert "PSNR" in r.output and "SSIM" in r.output
+    assert Image.open(tmp_path / "out" / "p_compare.png").size == (96, 32)
+
+
+def test_missing_model_and_bad_options_give_one_line_errors(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "p.png")
+    r = _run(tmp_path / "p.png", "-o", tmp_path / "out")
+    assert r.exit_code == 2 and "bundle a default model yet" in r.output
+    r = _run(tmp_path / "p.png", "--model", "eamamba-sidd")
+    assert r.exit_code == 2 and "no bundled weights" in r.output
+    r = _run(tmp_path / "nothing.png", "--model", "eamamba-sidd")
+    assert r.exit_code == 2 and "no such file or folder" in r.output
+
+
+def test_tiled_restore_matches_the_whole_image():
+    # a model whose receptive field is local: tiles with enough overlap reproduce the whole-image result
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Conv2d(3, 3, 3, padding=1)).eval()
+    photo = Photo(np.random.rand(70, 90, 3).astype(np.float32), None)
+    whole = restore_photo(net, photo, torch.device("cpu"), tile=None)
+    tiled = restore_photo(net, photo, torch.device("cpu"), tile=32, overlap=8, tile_batch=2)
+    np.testing.assert_allclose(tiled.color, whole.color, atol=1e-5)
+
+
+def test_api_returns_the_type_it_was_given(tmp_path):
+    net = identity_model()
+    arr8 = (np.random.rand(16, 16, 3) * 255).astype(np.uint8)
+    out = ssmir.restore(arr8, net, device="cpu")
+    assert out.dtype == np.uint8 and np.array_equal(out, arr8)
+    t = torch.rand(3, 16, 16)
+    assert torch.allclose(ssmir.restore(t, net, device="cpu"), t, atol=1e-6)
+    pil = Image.fromarray(arr8)
+    assert isinstance(ssmir.restore(pil, net, device="cpu"), Image.Image)
+    Image.fromarray(arr8).save(tmp_path / "f.png")
+    assert ssmir.restore(tmp_path / "f.png", net, device="cpu").shape == (16, 16, 3)
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, weights):
+    import os
+    import stat
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "p.png")
+    assert _run(tmp_path / "p.png", "-o", tmp_path / "out", "--weights", weights).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "p.png").st_mode) == 0o666 & ~umask
