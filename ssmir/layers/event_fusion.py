@@ -14,8 +14,8 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.layers.norms import LayerNorm2d
-from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_heads
-from ssmir.ops.scan_orders import column_major, inverse, row_major
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_in_orders
+from ssmir.ops.scan_orders import four_way_inverses, four_way_orders
 
 TOPK_FRACTIONS = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
 
@@ -96,25 +96,14 @@ class FourWayScan(nn.Module):
         self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    @staticmethod
-    def orders(h: int, w: int) -> torch.Tensor:
-        """(4, H*W): row-major, column-major, and both reversed, in VMamba's head order."""
-        rows, cols = row_major(h, w), column_major(h, w)
-        return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
-
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         length = h * w
         x = self.in_proj(rearrange(x, "b c h w -> b h w c"))
         z = self.in_proj1(rearrange(z, "b c h w -> b h w c"))
         x = F.silu(self.conv2d(rearrange(x, "b h w c -> b c h w")))
-        orders = self.orders(h, w).to(x.device)
-        d = self.d_inner
-        xs = torch.gather(rearrange(x, "b c h w -> b 1 c (h w)").expand(b, 4, d, length), 3,
-                          orders[None, :, None, :].expand(b, 4, d, length))
-        y = scan_heads(self, xs)  # (B, 4, d, L)
-        inverses = torch.stack([inverse(o) for o in orders])
-        y = torch.gather(y, 3, inverses[None, :, None, :].expand(b, 4, d, length)).sum(dim=1)
+        heads = rearrange(x, "b c h w -> b 1 c (h w)").expand(b, 4, self.d_inner, length)
+        y = scan_in_orders(self, heads, four_way_orders(h, w), four_way_inverses(h, w)).sum(dim=1)
         y = self.out_norm(rearrange(y, "b c (h w) -> b h w c", h=h, w=w)) * F.silu(z)
         return rearrange(self.out_proj(y), "b h w c -> b c h w")
 

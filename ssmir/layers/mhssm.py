@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_heads
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_in_orders
 from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_inverses, all_around_orders
 
 MERGE_METHODS = ("add", "concate")
@@ -129,15 +129,10 @@ class MultiHeadSelectiveScan(nn.Module):
             x = self._maybe_checkpoint(self.conv, x)[..., :length]
         x = F.silu(x)  # (B, d_inner, L)
 
-        # heads, each in its own scan order: (B, K, d, L)
-        orders = all_around_orders(self.cfg.scan_type, k, h, w).to(x.device)
+        # heads, each scanned in its own order: (B, K, d, L)
         heads = x.view(b, k, d, length) if self.concat_heads else x.unsqueeze(1).expand(b, k, d, length)
-        xs = torch.gather(heads, 3, orders[None, :, None, :].expand(b, k, d, length))
-
-        y = scan_heads(self, xs)  # (B, K, d, L)
-
-        inverses = all_around_inverses(self.cfg.scan_type, k, h, w).to(y.device)
-        y = torch.gather(y, 3, inverses[None, :, None, :].expand(b, k, d, length))
+        y = scan_in_orders(self, heads, all_around_orders(self.cfg.scan_type, k, h, w),
+                           all_around_inverses(self.cfg.scan_type, k, h, w))
         y = y.reshape(b, k * d, length) if self.concat_heads else y.sum(dim=1)  # (B, d_inner, L)
 
         y = self.out_norm(rearrange(y, "b c l -> b l c"))

@@ -73,3 +73,14 @@ def scan_heads(module: nn.Module, xs: torch.Tensor, c_offset: torch.Tensor | Non
         delta_softplus=True,
     )
     return y.view(b, k, d, length)
+
+
+def scan_in_orders(module: nn.Module, heads: torch.Tensor, orders: torch.Tensor,
+                   inverses: torch.Tensor) -> torch.Tensor:
+    """Read head k of (B, K, d, L) in ``orders[k]``, scan it, and put the result back in row-major order."""
+    b, k, d, length = heads.shape
+
+    def index(perm):
+        return perm.to(heads.device)[None, :, None, :].expand(b, k, d, length)
+
+    return torch.gather(scan_heads(module, torch.gather(heads, 3, index(orders))), 3, index(inverses))

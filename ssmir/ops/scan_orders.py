@@ -198,6 +198,19 @@ def all_around_orders(scan_type: str | None, scan_count: int, h: int, w: int) ->
 
 
 @functools.lru_cache(maxsize=256)
+def four_way_orders(h: int, w: int) -> torch.Tensor:
+    """VMamba's SS2D heads, (4, H*W): row-major, column-major, then both reversed."""
+    rows, cols = row_major(h, w), column_major(h, w)
+    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+
+
+@functools.lru_cache(maxsize=256)
+def four_way_inverses(h: int, w: int) -> torch.Tensor:
+    """Row-wise inverses of ``four_way_orders``."""
+    return torch.stack([inverse(o) for o in four_way_orders(h, w)])
+
+
+@functools.lru_cache(maxsize=256)
 def all_around_inverses(scan_type: str | None, scan_count: int, h: int, w: int) -> torch.Tensor:
     """Row-wise inverses of ``all_around_orders``."""
     return torch.stack([inverse(o) for o in all_around_orders(scan_type, scan_count, h, w)])
