@@ -218,13 +218,12 @@ class _NumbaScan(torch.autograd.Function):
         Bt = B.transpose(-1, -2).contiguous()  # (batch, G, L, N)
         Ct = C.transpose(-1, -2).contiguous()
         y = torch.empty_like(u)
-        h_last = u.new_empty(nb, nd, N)
         h_ckpt = u.new_empty(nb, nd, max(1, math.ceil(L / _NUMBA_CHUNK)), N)
         has_z = z is not None
         z_arr = z if has_z else u.new_zeros(1, 1, 1)
         # exp(dt * A) is computed by torch's vectorised exp, a time chunk at a time so that the
         # (B, D, T, N) buffer stays small; the compiled loop then only multiplies and adds.
-        h = u.new_zeros(nb, nd, N)
+        h = u.new_zeros(nb, nd, N)  # carried across chunks; the last state at the end
         step = _NUMBA_FWD_CHUNK
         for t0 in range(0, L, step):
             sl = slice(t0, min(L, t0 + step))
@@ -235,11 +234,10 @@ class _NumbaScan(torch.autograd.Function):
             k.scan_forward_chunk(u[..., sl].numpy(), dt.numpy(), dA.numpy(), Bt[:, :, sl].numpy(),
                                  Ct[:, :, sl].numpy(), D.numpy(), z_arr[..., sl].numpy() if has_z else z_arr.numpy(),
                                  has_z, t0, _NUMBA_CHUNK, y[..., sl].numpy(), h.numpy(), h_ckpt.numpy())
-        h_last.copy_(h)
         ctx.save_for_backward(u, delta, A, Bt, Ct, D, z_arr, delta_bias, h_ckpt)
         ctx.flags = (delta_softplus, has_z)
-        ctx.mark_non_differentiable(h_last)
-        return y, h_last
+        ctx.mark_non_differentiable(h)
+        return y, h
 
     @staticmethod
     def backward(ctx, dy, _dh_last):
