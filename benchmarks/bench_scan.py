@@ -24,15 +24,11 @@ import time
 BACKENDS = ("reference", "torch", "numba")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def worker(backend: str, side: int, mode: str, repeat: int, threads: int) -> dict:
     import torch
 
     from ssmir.ops import selective_scan
+    from ssmir.profiling.measure import rss_bytes
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -65,7 +61,7 @@ def worker(backend: str, side: int, mode: str, repeat: int, threads: int) -> dic
             y = selective_scan_numba(*leaves[:6], delta_bias=leaves[6], delta_softplus=True)
             if grad:
                 y.sum().backward()
-    base = _rss_bytes()
+    base = rss_bytes()
     times = []
     for i in range(repeat + 1):
         t0 = time.perf_counter()

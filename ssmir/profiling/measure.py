@@ -30,7 +30,8 @@ class Timing:
     peak_memory_bytes: int
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -48,7 +49,7 @@ def time_forward(model, inputs, repeat: int = 5, warmup: int = 1) -> Timing:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_bytes()
+        base = rss_bytes()
     for _ in range(warmup):
         model(*inputs)
     times = []
