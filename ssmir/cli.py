@@ -312,18 +312,17 @@ def restore_cmd(
     from ssmir.data.io import IMAGE_SUFFIXES, ImageError, save_image
     from ssmir.data.photos import FORMATS, load_photo, save_photo
     from ssmir.eval.metrics import psnr, ssim
-    from ssmir.models.loading import CheckpointError
-    from ssmir.restoration import pick_device, resolve_model, restore_photo
+    from ssmir.restoration import pick_device, restore_photo
 
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if ground_truth is not None and not ground_truth.is_dir():
         _fail(f"--ground-truth {ground_truth}: no such folder")
     files = _collect_inputs(inputs, pattern, recursive)
+    net = _load_model(model, weights, trust_checkpoint)
     try:
-        net = resolve_model(model, weights, trust_checkpoint)
         dev = pick_device(device)
-    except (CheckpointError, ValueError, NotImplementedError) as e:
+    except ValueError as e:
         _fail(str(e))
     mode = 8 if ensemble8 else 4 if ensemble else 1
     failed, scores = [], []
@@ -416,12 +415,14 @@ def train_cmd(
         typer.echo(f"stopped at iteration {result['iteration']}{extra}; checkpoints in {out}")
 
 
-def _load_for_eval(weights: Path, arch: str | None, trust: bool):
-    from ssmir.models.loading import CheckpointError, load_model
+def _load_model(arch: str | None, weights: Path | None, trust: bool):
+    """The model to run (``ssmir.restoration.resolve_model``), or a one-line error."""
+    from ssmir.models.loading import CheckpointError
+    from ssmir.restoration import resolve_model
 
     try:
-        return load_model(weights, name=arch, trust_pickle=trust)
-    except (CheckpointError, ValueError) as e:
+        return resolve_model(arch, weights, trust)
+    except (CheckpointError, ValueError, NotImplementedError) as e:
         _fail(str(e))
 
 
@@ -469,7 +470,7 @@ def test_cmd(
         _fail(str(e))
     if weights is None:
         _fail("--weights CKPT is required")
-    model = _load_for_eval(weights, arch, trust_checkpoint)
+    model = _load_model(arch, weights, trust_checkpoint)
     mode = 8 if ensemble8 else 4 if ensemble else 1
     try:
         rows, summary = evaluate(model, bench, ensemble=mode, tile=tile, overlap=overlap, device=device,
@@ -502,7 +503,7 @@ def export_sidd_cmd(
     from ssmir.data.benchmarks import DatasetError
     from ssmir.export import export_sidd
 
-    model = _load_for_eval(weights, arch, trust_checkpoint)
+    model = _load_model(arch, weights, trust_checkpoint)
     try:
         path = export_sidd(model, root, output, name or weights.stem, device, 4 if ensemble else 1)
     except DatasetError as e:
@@ -526,7 +527,7 @@ def export_deblur_cmd(
 
     if not input_dir.is_dir():
         _fail(f"--input {input_dir}: no such folder")
-    model = _load_for_eval(weights, arch, trust_checkpoint)
+    model = _load_model(arch, weights, trust_checkpoint)
     try:
         folder = export_deblur(model, input_dir, output, dataset, device, 4 if ensemble else 1)
     except (FileNotFoundError, ValueError) as e:
