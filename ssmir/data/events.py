@@ -11,6 +11,13 @@ Formats read by ``read_events``:
   ``t``, ``p``.
 - ``.txt`` / ``.csv``: one event per line, ``t x y p`` (spaces or commas); an optional first line ``width height``
   (the rpg/ESIM text format) is recognised and skipped.
+- through `tonic` (``pip install tonic``): ``.bin`` (N-MNIST / N-Caltech101 files) and ``.aedat4`` (DV/iniVation;
+  tonic needs the ``aedat`` package for it). Timestamps in microseconds.
+- through `evlib` (``pip install evlib``): Prophesee ``.raw`` (EVT2/EVT2.1/EVT3) and ``.dat``, ``.aedat``
+  (AEDAT 2/3), and whatever else evlib detects. Timestamps in microseconds (evlib's convention).
+
+``reader="auto"`` uses ssmir's own reader for its formats, tonic for ``.bin`` / ``.aedat4`` and evlib for the
+rest; ``reader="tonic"`` / ``"evlib"`` forces a library, ``"ssmir"`` forbids them.
 
 The voxel grid (``events_to_voxel``) is the one of E2VID and EFNet: timestamps in the exposure window are
 mapped to [0, bins - 1], each event's polarity is split between its two neighbouring bins in proportion
@@ -79,14 +86,63 @@ def make_events(x, y, t, p, height: int | None = None, width: int | None = None,
     return Events(x, y, t, p)
 
 
-def read_events(path: str | Path, height: int | None = None, width: int | None = None) -> Events:
-    """Read an event file (see the module docstring for the formats); validated against the frame size if given."""
+OWN_SUFFIXES = (".npz", ".h5", ".hdf5", ".txt", ".csv")
+TONIC_SUFFIXES = (".bin", ".aedat4")
+READERS = ("auto", "ssmir", "tonic", "evlib")
+
+
+def _field(arr: np.ndarray, path: Path, *names: str) -> np.ndarray:
+    for name in names:
+        if name in (arr.dtype.names or ()):
+            return arr[name]
+    raise EventError(f"{path}: the reader returned no {names[0]!r} field (fields: {arr.dtype.names})")
+
+
+def _read_with_tonic(path: Path) -> tuple:
+    try:
+        import tonic.io
+    except ImportError:
+        raise EventError(f"{path}: reading {path.suffix} events needs tonic (pip install tonic)") from None
+    suffix = path.suffix.lower()
+    if suffix == ".bin":
+        arr = tonic.io.read_mnist_file(str(path), dtype=tonic.io.events_struct)
+    elif suffix == ".aedat4":
+        arr = tonic.io.read_aedat4(str(path))
+    else:
+        raise EventError(f"{path}: tonic reads .bin (N-MNIST) and .aedat4 files here, not {suffix!r}")
+    return (_field(arr, path, "x"), _field(arr, path, "y"), _field(arr, path, "t", "timestamp"),
+            _field(arr, path, "p", "polarity", "on"))
+
+
+def _read_with_evlib(path: Path) -> tuple:
+    try:
+        import evlib
+    except ImportError:
+        raise EventError(f"{path}: reading {path.suffix or 'these'} events needs evlib (pip install evlib)") from None
+    frame = evlib.load_events(str(path)).collect()
+    t = frame["t"]
+    t = t.dt.total_microseconds() if t.dtype.is_temporal() else t  # evlib: a microsecond Duration column
+    return frame["x"].to_numpy(), frame["y"].to_numpy(), t.to_numpy(), frame["polarity"].to_numpy()
+
+
+def read_events(path: str | Path, height: int | None = None, width: int | None = None,
+                reader: str = "auto") -> Events:
+    """Read an event file (see the module docstring for the formats and ``reader``); validated against the
+    frame size if given."""
     path = Path(path)
+    if reader not in READERS:
+        raise EventError(f"event reader {reader!r}: expected one of {', '.join(READERS)}")
     if not path.is_file():
         raise EventError(f"{path}: no such event file")
     suffix = path.suffix.lower()
+    if reader == "auto":
+        reader = "ssmir" if suffix in OWN_SUFFIXES else "tonic" if suffix in TONIC_SUFFIXES else "evlib"
     try:
-        if suffix == ".npz":
+        if reader == "tonic":
+            cols = _read_with_tonic(path)
+        elif reader == "evlib":
+            cols = _read_with_evlib(path)
+        elif suffix == ".npz":
             with np.load(path) as f:
                 if all(k in f for k in "xytp"):
                     cols = f["x"], f["y"], f["t"], f["p"]
@@ -122,7 +178,8 @@ def read_events(path: str | Path, height: int | None = None, width: int | None =
             arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
             cols = arr[:, 1], arr[:, 2], arr[:, 0], arr[:, 3]
         else:
-            raise EventError(f"{path}: unknown event format {suffix!r} (use .npz, .h5, .txt or .csv)")
+            raise EventError(f"{path}: unknown event format {suffix!r} (ssmir reads .npz, .h5, .txt and .csv; "
+                             "tonic and evlib read more)")
     except EventError:
         raise
     except Exception as e:

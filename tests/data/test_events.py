@@ -83,7 +83,37 @@ def test_reader_errors(tmp_path):
         read_events(tmp_path / "e.npz")
     (tmp_path / "x.dat").write_text("")
     with pytest.raises(EventError, match="unknown event format"):
+        read_events(tmp_path / "x.dat", reader="ssmir")
+    with pytest.raises(EventError, match="x.dat"):  # auto: evlib's turn; its failure still names the file
         read_events(tmp_path / "x.dat")
+    with pytest.raises(EventError, match="event reader 'nope'"):
+        read_events(tmp_path / "e.npz", reader="nope")
+
+
+def test_tonic_reads_n_mnist_bin_files(tmp_path):
+    pytest.importorskip("tonic")
+    events = [(3, 4, 10, 1), (5, 6, 70000, 0), (0, 1, 8_000_000, 1)]  # the last needs all 23 timestamp bits
+    raw = bytearray()
+    for x, y, t, p in events:  # the N-MNIST record: x, y, polarity bit + 23-bit timestamp (big-endian)
+        raw += bytes([x, y, (p << 7) | (t >> 16), (t >> 8) & 255, t & 255])
+    (tmp_path / "digit.bin").write_bytes(bytes(raw))
+    ev = read_events(tmp_path / "digit.bin", height=8, width=8)
+    assert ev.x.tolist() == [3, 5, 0] and ev.y.tolist() == [4, 6, 1]
+    assert ev.t.tolist() == [10, 70000, 8_000_000] and ev.p.tolist() == [1, -1, 1]
+    with pytest.raises(EventError, match="outside the 4x4 frame"):
+        read_events(tmp_path / "digit.bin", height=4, width=4)
+
+
+def test_evlib_reads_the_same_events_as_ssmir(tmp_path):
+    evlib = pytest.importorskip("evlib")
+    x, y, t, p = np.array([1, 2, 0, 3]), np.array([0, 1, 2, 2]), np.array([0.3, 0.1, 0.2, 0.4]), np.array([1, 0, 1, 0])
+    evlib.save_events_to_text(x, y, t, p, str(tmp_path / "ev.txt"))
+    ours = read_events(tmp_path / "ev.txt")
+    theirs = read_events(tmp_path / "ev.txt", height=3, width=4, reader="evlib")
+    assert ours.t.tolist() == [0.1, 0.2, 0.3, 0.4]  # sorted on reading
+    np.testing.assert_allclose(theirs.t, ours.t * 1e6)  # evlib reports microseconds
+    for a, b in ((ours.x, theirs.x), (ours.y, theirs.y), (ours.p, theirs.p)):
+        assert a.tolist() == b.tolist()
 
 
 def test_simulator_counts_contrast_crossings():
