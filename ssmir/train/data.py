@@ -15,6 +15,9 @@ Kinds (``train_dataset.dataset.name``):
   ``threshold_sigma``), voxelises them into ``bins`` and targets the middle frame. Samples are
   ``(blurry, voxels, sharp)``.
 
+Decoded images are kept in a per-process least-recently-used cache of ``cache_mb`` megabytes (default 1024;
+0 turns it off), so small datasets are decoded once instead of at every sample; results do not depend on it.
+
 Every training sample is drawn from a generator seeded by (seed, process rank, iteration, slot), so a run
 is reproducible, each process sees different data, and a resumed run continues exactly.
 """
@@ -22,6 +25,7 @@ is reproducible, each process sees different data, and a resumed run continues e
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +117,28 @@ _KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "deg
           "event-sequence-dataset")
 _ARGS = {"gt_data_file", "lq_data_file", "lq2_data_file", "gt_dir", "lq_dir", "lq2_dir", "phase", "repeat", "augment",
          "sigma_type", "sigma_range", "degradation", "crop_size", "sequence_dir", "frames_per_blur", "bins",
-         "contrast_threshold", "threshold_sigma"}
+         "contrast_threshold", "threshold_sigma", "cache_mb"}
+
+
+class ImageCache:
+    """Decoded images by path, least recently used dropped first once ``megabytes`` are exceeded."""
+
+    def __init__(self, megabytes: float = 1024):
+        self.budget, self.used = int(megabytes * 2**20), 0
+        self.images: OrderedDict[Path, torch.Tensor] = OrderedDict()
+
+    def read(self, path: Path) -> torch.Tensor:
+        if path in self.images:
+            self.images.move_to_end(path)
+            return self.images[path]
+        image = read_image(path)
+        size = image.numel() * image.element_size()
+        if size <= self.budget:
+            while self.used + size > self.budget:
+                dropped = self.images.popitem(last=False)[1]
+                self.used -= dropped.numel() * dropped.element_size()
+            self.images[path], self.used = image, self.used + size
+        return image
 
 
 class EventSequenceData(torch.utils.data.Dataset):
@@ -202,6 +227,10 @@ class RestorationData(torch.utils.data.Dataset):
         base = Path(base)
         self.args, self.seed, self.rank, self.train = args, seed, rank, train
         self.augment = bool(args.get("augment", False)) and train
+        try:
+            self.cache = ImageCache(float(args.get("cache_mb", 1024)))
+        except (TypeError, ValueError):
+            raise DataError(f"dataset {self.kind}: cache_mb must be a number of megabytes") from None
         self.gt = _files(args, "gt", base)
         if self.gt is None:
             raise DataError(f"dataset {self.kind}: give gt_data_file or gt_dir")
@@ -275,12 +304,12 @@ class RestorationData(torch.utils.data.Dataset):
     # ------------------------------------------------------------------ samples
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        gt = read_image(self.gt[i])
+        gt = self.cache.read(self.gt[i])
         lq = None
         if self.lq is not None:
-            lq = read_image(self.lq[i])
+            lq = self.cache.read(self.lq[i])
             if self.lq2:
-                lq = torch.cat([lq, read_image(self.lq2[i])])
+                lq = torch.cat([lq, self.cache.read(self.lq2[i])])
         return gt, lq
 
     def training_sample(self, iteration: int, slot: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,6 +148,21 @@ def test_data_errors_are_reported_by_path_before_training(tmp_path):
         RestorationData({"name": "denoising-color-dataset", "args": {"gt_dir": str(tmp_path / "bad")}})
 
 
+def test_the_image_cache_changes_no_sample_and_keeps_to_its_budget(tmp_path):
+    _images(tmp_path / "gt", 3, 0, 32, 32)  # 3 x 12 KiB decoded
+    spec = {"name": "denoising-color-dataset", "args": {"gt_dir": str(tmp_path / "gt"), "sigma_type": "random",
+                                                          "sigma_range": [0, 50], "augment": True}}
+    plain = RestorationData({**spec, "args": {**spec["args"], "cache_mb": 0}})
+    cached = RestorationData({**spec, "args": {**spec["args"], "cache_mb": 0.025}})  # room for two images
+    for it in range(12):
+        a, b = plain.training_sample(it, 0, 16), cached.training_sample(it, 0, 16)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(plain.cache.images) == 0 and len(cached.cache.images) == 2
+    assert cached.cache.used == 2 * 3 * 32 * 32 * 4 <= cached.cache.budget
+    with pytest.raises(DataError, match="cache_mb must be a number"):
+        RestorationData({**spec, "args": {**spec["args"], "cache_mb": "lots"}})
+
+
 def test_sr_pairs_crop_aligned_patches(tmp_path):
     _images(tmp_path / "gt", 2, 0, 32, 48)
     lq = tmp_path / "lq"
