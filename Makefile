@@ -18,11 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/ssmir --version
-	$(VENV)/bin/ssmir models
-	$(PY) benchmarks/bench_scan.py --sides 128 --modes forward --repeat 1
+	$(VENV)/bin/ssmir restore --sample -o demo-output --overwrite
 
 test: setup
-	$(VENV)/bin/ruff check ssmir tests benchmarks
+	$(VENV)/bin/ruff check ssmir tests benchmarks tools
 	$(PY) -m pytest -q
 
 test-slow: setup
@@ -32,4 +31,4 @@ bench: setup
 	$(PY) benchmarks/bench_scan.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-output

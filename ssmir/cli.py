@@ -285,8 +285,10 @@ def _collect_inputs(inputs: list[Path], pattern: str | None, recursive: bool) ->
 
 @app.command("restore")
 def restore_cmd(
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    inputs: list[Path] | None = typer.Argument(None, help="Image files and/or folders."),
     output: Path = typer.Option(Path("restored"), "--output", "-o", help="Output folder."),
+    sample: bool = typer.Option(False, "--sample", help="Restore the bundled noisy sample (a held-out photo with "
+                                "sigma-25 noise) and compare it with its clean original."),
     model: str | None = typer.Option(None, "--model", help="Zoo entry or architecture (see `ssmir models`)."),
     weights: Path | None = typer.Option(None, "--weights", help="Checkpoint (official, BasicSR or ssmir)."),
     pattern: str | None = typer.Option(None, "--glob", help="File pattern inside folders, e.g. '*.jpg'."),
@@ -304,22 +306,59 @@ def restore_cmd(
     ground_truth: Path | None = typer.Option(None, "--ground-truth", help="Folder of references (same stems): "
                                              "prints PSNR/SSIM."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files)."),
+    events: Path | None = typer.Option(None, "--events", help="Event models: the exposure's event file (one input "
+                                       "image), or a folder of <image stem>.<ext> event files."),
+    exposure: tuple[float, float] | None = typer.Option(None, "--exposure", help="Exposure window START END in the "
+                                                        "event file's time unit [the whole stream]."),
+    event_reader: str = typer.Option("auto", "--event-reader", help="auto, ssmir, tonic or evlib."),
 ):
-    """Restore photos of any size (tiled), keeping bit depth and alpha; one line per failed file."""
+    """Restore photos of any size (tiled), keeping bit depth and alpha; one line per failed file.
+
+    Without --model/--weights the bundled default model (blind colour denoising) is used."""
     import torch
     from tqdm import tqdm
 
+    from ssmir.data.events import READERS, EventError
     from ssmir.data.io import IMAGE_SUFFIXES, ImageError, save_image
     from ssmir.data.photos import FORMATS, load_photo, save_photo
     from ssmir.eval.metrics import psnr, ssim
-    from ssmir.restoration import pick_device, restore_photo
+    from ssmir.restoration import event_voxel, pick_device, restore_photo
 
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if sample:
+        if inputs:
+            _fail("--sample restores the bundled sample: give no input files with it")
+        from importlib import resources
+
+        samples = Path(str(resources.files("ssmir").joinpath("samples")))
+        inputs, ground_truth, compare = sorted((samples / "noisy").glob("*.png")), samples / "clean", True
+    if not inputs:
+        _fail("give image files or folders to restore (or --sample for the bundled sample)")
     if ground_truth is not None and not ground_truth.is_dir():
         _fail(f"--ground-truth {ground_truth}: no such folder")
+    if event_reader not in READERS:
+        _fail(f"--event-reader {event_reader!r}: expected one of {', '.join(READERS)}")
+    if events is not None and not events.exists():
+        _fail(f"--events {events}: no such file or folder")
     files = _collect_inputs(inputs, pattern, recursive)
+    if events is not None and events.is_file() and len(files) > 1:
+        _fail(f"--events {events}: one event file goes with one image, {len(files)} were given "
+              "(pass a folder of <image stem>.<ext> event files)")
     net = _load_model(model, weights, trust_checkpoint)
+    channels = getattr(net, "input_channels", (3,))
+    if len(channels) > 1 and events is None:
+        _fail("this model takes the exposure's events as well: pass --events FILE or --events FOLDER")
+    if len(channels) == 1 and events is not None:
+        _fail("--events: this model takes images only")
+
+    def events_for(path: Path) -> Path:
+        if events.is_file():
+            return events
+        found = sorted(p for p in events.glob(f"{path.stem}.*") if p.is_file())
+        if not found:
+            raise EventError(f"no event file {path.stem}.* in {events}")
+        return found[0]
     try:
         dev = pick_device(device)
     except ValueError as e:
@@ -338,8 +377,12 @@ def restore_cmd(
             continue
         try:
             photo = load_photo(path)
+            voxel = None
+            if events is not None:
+                voxel = event_voxel(events_for(path), channels[1], *photo.color.shape[:2], exposure=exposure,
+                                    reader=event_reader)
             result = restore_photo(net, photo, dev, tile=tile or None, overlap=overlap, tile_batch=tile_batch,
-                                   ensemble=mode, half=half, progress=True)
+                                   ensemble=mode, half=half, progress=True, events=voxel)
             save_photo(result, target)
             out_t = torch.from_numpy(result.color.transpose(2, 0, 1).copy())
             panels = [torch.from_numpy(photo.color.transpose(2, 0, 1).copy()), out_t]
@@ -354,13 +397,18 @@ def restore_cmd(
                     else:
                         p_, s_ = psnr(out_t, gt), ssim(out_t, gt) if min(gt.shape[-2:]) > 20 else float("nan")
                         scores.append((p_, s_))
-                        bar.write(f"{path.name}: PSNR {p_:.2f} dB, SSIM {s_:.4f}")
+                        line = f"{path.name}: PSNR {p_:.2f} dB, SSIM {s_:.4f}"
+                        if panels[0].shape == gt.shape:
+                            line += f" (input: PSNR {psnr(panels[0], gt):.2f} dB, SSIM {ssim(panels[0], gt):.4f})"
+                        bar.write(line)
                         panels.append(gt)
             if compare:
                 h = max(t.shape[1] for t in panels)
                 panels = [torch.nn.functional.pad(t.expand(3, -1, -1) if t.shape[0] == 1 else t,
                                                   (0, 0, 0, h - t.shape[1])) for t in panels]
-                save_image(torch.cat(panels, dim=2), target.with_name(f"{target.stem}_compare.png"))
+                strip = save_image(torch.cat(panels, dim=2), target.with_name(f"{target.stem}_compare.png"))
+            if sample:
+                bar.write(f"restored: {target}\ncomparison (noisy | restored | clean): {strip}")
         except (ImageError, ValueError, RuntimeError, OSError) as e:
             failed.append(path)
             bar.write(f"error: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
@@ -422,7 +470,7 @@ def _load_model(arch: str | None, weights: Path | None, trust: bool):
 
     try:
         return resolve_model(arch, weights, trust)
-    except (CheckpointError, ValueError, NotImplementedError) as e:
+    except (CheckpointError, ValueError, NotImplementedError, FileNotFoundError) as e:
         _fail(str(e))
 
 

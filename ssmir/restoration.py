@@ -4,6 +4,11 @@ Images of any size go through the shared tiling/ensemble helper (``ssmir.eval.ti
 bounded by the tile, not the photo. Grayscale photos given to an RGB model are replicated to three channels
 and brought back to one (BT.601 luma); RGB photos given to a one-channel model are restored channel by
 channel; an alpha channel is carried through untouched.
+
+Event models (EmambaIR) take the events recorded during the frame's exposure as well: ``event_voxel`` reads
+them (any format of ``ssmir.data.events.read_events``), keeps the exposure window and voxelises them into the
+model's number of bins at the frame's size; tiles and self-ensemble flips cut and flip the voxel grid with the
+frame.
 """
 
 from __future__ import annotations
@@ -35,30 +40,64 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def resolve_model(model: nn.Module | str | None = None, weights: str | Path | None = None,
                   trust_pickle: bool = False) -> nn.Module:
-    """A model from an instance, a zoo entry / architecture name (with ``weights``), or a checkpoint file."""
+    """A model from an instance, a checkpoint file (``weights``, with ``model`` naming its architecture or zoo
+    entry where the file does not), a zoo entry with bundled weights, or nothing: the bundled default
+    (``ssmir.models.zoo.DEFAULT_MODEL``)."""
     from ssmir.models.loading import load_model
 
     if isinstance(model, nn.Module):
         return model.eval()
     if weights is not None:
         return load_model(weights, name=model, trust_pickle=trust_pickle)
-    if model is not None:
-        from ssmir.models.zoo import get_entry
+    from ssmir.models.zoo import DEFAULT_MODEL, bundled_weights
 
-        entry = get_entry(model)
-        if entry.bundled_weights is None:
-            raise ValueError(f"model {model!r} has no bundled weights: pass its official weights with --weights FILE "
-                             "(see `ssmir models` and the README for where to get them)")
-    raise NotImplementedError("ssmir does not bundle a default model yet: pass --model NAME --weights FILE "
-                              "(or --weights FILE alone for files that name their architecture)")
+    return load_model(bundled_weights(model or DEFAULT_MODEL)).eval()
+
+
+def event_voxel(events, bins: int, height: int, width: int, exposure: tuple[float, float] | None = None,
+                reader: str = "auto") -> torch.Tensor:
+    """(bins, height, width) voxel grid from an event file path, an ``Events`` stream or a ready grid.
+
+    ``exposure`` (start, end) in the stream's time unit keeps the events of the exposure window; by default
+    the whole stream is the exposure.
+    """
+    from ssmir.data.events import EventError, Events, events_to_voxel, read_events
+
+    if isinstance(events, torch.Tensor):
+        if tuple(events.shape) != (bins, height, width):
+            raise ValueError(f"event voxel grid is {tuple(events.shape)}, the model needs ({bins}, {height}, {width})")
+        return events.float()
+    if isinstance(events, (str, Path)):
+        events = read_events(events, height, width, reader=reader)
+    elif not isinstance(events, Events):
+        raise TypeError(f"events: expected a file path, ssmir.data.events.Events or a voxel tensor, got "
+                        f"{type(events).__name__}")
+    start, end = exposure if exposure is not None else (None, None)
+    if exposure is not None and not end > start:
+        raise EventError(f"exposure window ({start}, {end}): the end must come after the start")
+    if len(events) and (events.x.max() >= width or events.y.max() >= height):
+        raise EventError(f"events reach x={events.x.max()}, y={events.y.max()}, outside the {width}x{height} frame")
+    return events_to_voxel(events, bins, height, width, t_start=start, t_end=end)
 
 
 def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: int | None = 512, overlap: int = 32,
-                  tile_batch: int = 1, ensemble: int = 1, half: bool = False, progress: bool = False) -> Photo:
-    """Restore the colour channels of ``photo``; alpha and bit depth are kept."""
+                  tile_batch: int = 1, ensemble: int = 1, half: bool = False, progress: bool = False,
+                  events: torch.Tensor | None = None) -> Photo:
+    """Restore the colour channels of ``photo``; alpha and bit depth are kept.
+
+    ``events``: the (bins, H, W) voxel grid of the exposure (``event_voxel``), required by event models and
+    refused by the others.
+    """
     channels = getattr(model, "input_channels", (3,))
-    if len(channels) > 1:
-        raise ValueError("this model takes events as well; photos alone cannot be restored with it")
+    height, width = photo.color.shape[:2]
+    if len(channels) > 1 and events is None:
+        raise ValueError("this model takes the exposure's events as well: give them (--events FILE)")
+    if len(channels) == 1 and events is not None:
+        raise ValueError("events were given but this model takes images only")
+    extra = []
+    if events is not None:
+        if tuple(events.shape) != (channels[1], height, width):
+            raise ValueError(f"event voxel grid is {tuple(events.shape)}, expected ({channels[1]}, {height}, {width})")
     want = channels[0]
     x = torch.from_numpy(np.ascontiguousarray(photo.color.transpose(2, 0, 1)))[None]  # (1, C, H, W)
     gray_in = x.shape[1] == 1
@@ -70,8 +109,10 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
         raise ValueError(f"the model takes {want}-channel inputs; photos have 1 or 3 colour channels")
     dtype = torch.float16 if half and device.type in ("cuda", "mps") else torch.float32
     model = model.to(device=device, dtype=dtype)
-    y = restore_tensor(model, x.to(device=device, dtype=dtype), ensemble=ensemble, tile=tile, overlap=overlap,
-                       tile_batch=tile_batch, progress=progress).float().clamp(0, 1).cpu()
+    if events is not None:
+        extra = [events[None].expand(x.shape[0], -1, -1, -1).to(device=device, dtype=dtype)]
+    y = restore_tensor(model, x.to(device=device, dtype=dtype), *extra, ensemble=ensemble, tile=tile,
+                       overlap=overlap, tile_batch=tile_batch, progress=progress).float().clamp(0, 1).cpu()
     if want == 1 and not gray_in:
         y = y.transpose(0, 1)
     if want == 3 and gray_in:
@@ -81,18 +122,28 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
 
 
 def restore(image, model: nn.Module | str | None = None, weights: str | Path | None = None, *, tile: int | None = 512,
-            overlap: int = 32, ensemble: int = 1, device: str = "auto", half: bool = False):
+            overlap: int = 32, ensemble: int = 1, device: str = "auto", half: bool = False, events=None,
+            exposure: tuple[float, float] | None = None):
     """Restore ``image`` and return the result in the type it came in.
 
     ``image``: a path (returns an (H, W[, C]) float32 array in [0, 1]), a PIL image (returns a PIL image of the
     same mode), a NumPy array (H, W[, C]) of uint8/uint16/float in [0, 1] (same dtype back), or a tensor
     (C, H, W) / (B, C, H, W) in [0, 1] (same shape back).
+    ``events`` (event models): an event file, an ``Events`` stream or a (bins, H, W) voxel grid, for the
+    exposure window ``exposure`` (default: the whole stream).
     """
     net = resolve_model(model, weights)
     dev = pick_device(device)
+    channels = getattr(net, "input_channels", (3,))
 
     def run(photo: Photo) -> Photo:
-        return restore_photo(net, photo, dev, tile=tile, overlap=overlap, ensemble=ensemble, half=half)
+        voxel = None
+        if events is not None and len(channels) > 1:
+            voxel = event_voxel(events, channels[1], *photo.color.shape[:2], exposure=exposure)
+        elif events is not None:
+            raise ValueError("events were given but this model takes images only")
+        return restore_photo(net, photo, dev, tile=tile, overlap=overlap, ensemble=ensemble, half=half,
+                             events=voxel)
 
     if isinstance(image, (str, Path)):
         out = run(load_photo(image))
@@ -110,7 +161,8 @@ def restore(image, model: nn.Module | str | None = None, weights: str | Path | N
     if Image is not None and isinstance(image, Image.Image):
         arr = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else image.mode
                                        if image.mode in ("L", "RGB") else "RGB"))
-        restored = restore(arr, net, tile=tile, overlap=overlap, ensemble=ensemble, device=device, half=half)
+        restored = restore(arr, net, tile=tile, overlap=overlap, ensemble=ensemble, device=device, half=half,
+                           events=events, exposure=exposure)
         return Image.fromarray(restored)
     arr = np.asarray(image)
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)

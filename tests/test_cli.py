@@ -30,6 +30,8 @@ def test_models_lists_architectures_and_zoo_with_parameters():
     for name in M.list():
         assert name in result.output
     assert "eamambasr-light-x2" in result.output and "725,056" in result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
+    assert "bundled" in lines["eamamba-small-denoise-blind"] and "user" in lines["eamamba-sidd"]
 
 
 def test_inspect_reports_a_loadable_checkpoint(tmp_path):

@@ -1,5 +1,7 @@
 """ssmir restore and ssmir.restore: formats, alpha, bit depth, EXIF, bad files, tiling, API types."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,12 +107,42 @@ def test_compare_strip_and_ground_truth_scores(tmp_path, weights):
 
 def test_missing_model_and_bad_options_give_one_line_errors(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "p.png")
-    r = _run(tmp_path / "p.png", "-o", tmp_path / "out")
-    assert r.exit_code == 2 and "bundle a default model yet" in r.output
     r = _run(tmp_path / "p.png", "--model", "eamamba-sidd")
     assert r.exit_code == 2 and "no bundled weights" in r.output
     r = _run(tmp_path / "nothing.png", "--model", "eamamba-sidd")
     assert r.exit_code == 2 and "no such file or folder" in r.output
+    r = _run("-o", tmp_path / "out")
+    assert r.exit_code == 2 and "give image files or folders" in r.output
+    r = _run(tmp_path / "p.png", "--sample")
+    assert r.exit_code == 2 and "give no input files with it" in r.output
+    r = _run(tmp_path / "p.png", "--model", "no-such-model")
+    assert r.exit_code == 2 and "unknown model 'no-such-model'" in r.output
+
+
+def test_bundled_default_model_denoises_the_bundled_sample(tmp_path):
+    from ssmir.eval.metrics import psnr
+    from ssmir.models.zoo import DEFAULT_MODEL, bundled_weights, get_entry
+
+    entry = get_entry(DEFAULT_MODEL)
+    net = ssmir.load_model(bundled_weights(DEFAULT_MODEL))
+    assert net.ssmir_config == {"name": entry.arch, "args": entry.args}  # the file is the zoo entry's network
+    assert bundled_weights(DEFAULT_MODEL).stat().st_size < 8 * 2**20
+    out = tmp_path / "out"
+    r = _run("--sample", "-o", out)  # no --model/--weights: the bundled default
+    assert r.exit_code == 0, r.output
+    assert f"restored: {out / 'astronaut.png'}" in r.output and str(out / "astronaut_compare.png") in r.output
+    samples = Path(ssmir.__file__).parent / "samples"
+    clean, noisy = (load_photo(samples / k / "astronaut.png").color for k in ("clean", "noisy"))
+    restored = load_photo(out / "astronaut.png").color
+    t = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in (clean, noisy, restored)]
+    before, after = psnr(t[1], t[0]), psnr(t[2], t[0])
+    assert 20.0 < before < 21.0  # sigma 25 noise, 8-bit
+    assert after > before + 8.0, (before, after)  # the bundled model really denoises (card: docs/model-card-*)
+    assert f"PSNR {after:.2f} dB" in r.output and f"input: PSNR {before:.2f} dB" in r.output
+    assert Image.open(out / "astronaut_compare.png").size == (3 * 256, 256)
+    # and the API's default is the same model
+    api = ssmir.restore(noisy, device="cpu")
+    assert np.abs(api - restored).max() <= 0.5 / 255 + 1e-6
 
 
 def test_tiled_restore_matches_the_whole_image():
@@ -144,3 +176,96 @@ def test_outputs_get_ordinary_permissions(tmp_path, weights):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "p.png").st_mode) == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------- frame + events (EmambaIR)
+
+EVENT_MODEL = dict(in_chn=3, ev_chn=6, wf=16, depth=2, num_heads=[1, 2])
+
+
+@pytest.fixture
+def event_setup(tmp_path):
+    torch.manual_seed(0)
+    model = M.create("emambair", **EVENT_MODEL).eval()
+    weights = save_model(model, tmp_path / "emambair.safetensors")
+    rng = np.random.default_rng(1)
+    frame = (rng.random((30, 34, 3)) * 255).astype(np.uint8)
+    Image.fromarray(frame).save(tmp_path / "blurry.png")
+    n = 400
+    np.savez(tmp_path / "blurry.npz", x=rng.integers(0, 34, n), y=rng.integers(0, 30, n),
+             t=np.sort(rng.random(n)), p=rng.integers(0, 2, n))
+    return model, weights, frame
+
+
+def test_restore_with_events_equals_the_model_on_frame_and_voxels(tmp_path, event_setup):
+    from ssmir.data.events import events_to_voxel, read_events
+    from ssmir.eval.inference import run_model
+
+    model, weights, frame = event_setup
+    out = tmp_path / "out"
+    r = _run(tmp_path / "blurry.png", "-o", out, "--weights", weights, "--events", tmp_path / "blurry.npz",
+             "--tile", 0)
+    assert r.exit_code == 0, r.output
+    voxel = events_to_voxel(read_events(tmp_path / "blurry.npz"), 6, 30, 34)
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        want = run_model(model, x, voxel[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    got = np.asarray(Image.open(out / "blurry.png")).astype(np.float32) / 255
+    assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6
+    # the same through the API, with a folder of events found by the image's stem and an exposure window
+    api = ssmir.restore(frame, model, events=tmp_path / "blurry.npz", device="cpu", tile=None)
+    assert np.abs(api.astype(np.float32) / 255 - want).max() <= 0.5 / 255 + 1e-6
+    half = ssmir.restore(frame, model, events=tmp_path / "blurry.npz", exposure=(0.0, 0.5), device="cpu", tile=None)
+    assert not np.array_equal(half, api)  # the window changes the voxels, hence the result
+    (tmp_path / "evs").mkdir()
+    (tmp_path / "blurry.npz").rename(tmp_path / "evs" / "blurry.npz")
+    r = _run(tmp_path / "blurry.png", "-o", tmp_path / "out2", "--weights", weights, "--events", tmp_path / "evs",
+             "--tile", 0)
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out2" / "blurry.png")), np.asarray(Image.open(
+        out / "blurry.png")))
+
+
+def test_tiles_and_flips_cut_the_voxels_with_the_frame(tmp_path, event_setup):
+    from ssmir.restoration import event_voxel
+
+    model, _, frame = event_setup
+    photo = Photo(frame.astype(np.float32) / 255, None)
+    voxel = event_voxel(tmp_path / "blurry.npz", 6, 30, 34)
+    cpu = torch.device("cpu")
+    whole = restore_photo(model, photo, cpu, tile=None, events=voxel)
+    tiled = restore_photo(model, photo, cpu, tile=24, overlap=8, events=voxel)
+    flips = restore_photo(model, photo, cpu, tile=None, ensemble=4, events=voxel)
+    assert tiled.color.shape == flips.color.shape == whole.color.shape == (30, 34, 3)
+    # a tile sees the events of its own pixels only: a voxel grid shifted against the frame changes the result
+    shifted = restore_photo(model, photo, cpu, tile=None, events=torch.roll(voxel, 5, dims=2))
+    assert np.abs(shifted.color - whole.color).max() > 1e-3
+
+
+def test_event_options_are_checked_with_one_line_errors(tmp_path, event_setup, weights):
+    _, ev_weights, _ = event_setup
+    img = tmp_path / "blurry.png"
+    r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights)
+    assert r.exit_code == 2 and "takes the exposure's events as well" in r.output
+    r = _run(img, "-o", tmp_path / "o", "--weights", weights, "--events", tmp_path / "blurry.npz")
+    assert r.exit_code == 2 and "takes images only" in r.output
+    r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "missing.npz")
+    assert r.exit_code == 2 and "missing.npz: no such file or folder" in r.output
+    r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "blurry.npz",
+             "--event-reader", "magic")
+    assert r.exit_code == 2 and "--event-reader 'magic'" in r.output
+    Image.fromarray(np.zeros((30, 34, 3), np.uint8)).save(tmp_path / "second.png")
+    r = _run(img, tmp_path / "second.png", "-o", tmp_path / "o", "--weights", ev_weights, "--events",
+             tmp_path / "blurry.npz")
+    assert r.exit_code == 2 and "one event file goes with one image" in r.output
+    # events outside the frame, and an image without events in the folder: reported per file, exit 1
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "small.png")
+    r = _run(tmp_path / "small.png", "-o", tmp_path / "o", "--weights", ev_weights, "--events",
+             tmp_path / "blurry.npz")
+    assert r.exit_code == 1 and "outside the 10x10 frame" in r.output
+    (tmp_path / "evs").mkdir()
+    r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "evs")
+    assert r.exit_code == 1 and "no event file blurry.*" in r.output
+    r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "blurry.npz",
+             "--exposure", "1", "0")
+    assert r.exit_code == 1 and "the end must come after the start" in r.output

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -42,6 +44,10 @@ _EAMAMBA_SR = dict(_EAMAMBA, num_blocks=[4, 4, 4, 4], ffn_expansion_factor=1,
                    mamba_cfg=dict(_EAMAMBA_CFG, d_state=10))
 del _EAMAMBA_SR["num_refinement_blocks"], _EAMAMBA_SR["dual_pixel_task"]
 
+# The bundled default (docs/model-card-default-denoiser.md): a small EAMamba trained by ssmir itself.
+_EAMAMBA_SMALL = dict(_EAMAMBA, dim=16, num_blocks=[1, 2, 2, 3])
+DEFAULT_MODEL = "eamamba-small-denoise-blind"
+
 _V2 = {"in_chans": 3, "img_range": 1.0, "embed_dim": 174, "d_state": 16, "depths": [6] * 6, "num_heads": [6] * 6,
        "window_size": 16, "inner_rank": 64, "num_tokens": 128, "convffn_kernel_size": 5, "mlp_ratio": 2.0,
        "resi_connection": "1conv"}
@@ -53,6 +59,9 @@ _V2_LIGHT = dict(_V2, embed_dim=48, d_state=8, depths=[5] * 4, num_heads=[4] * 4
 
 def _entries() -> list[ZooEntry]:
     e = [
+        ZooEntry(DEFAULT_MODEL, "blind Gaussian colour denoising (sigma 0-50); the default model", "eamamba",
+                 _EAMAMBA_SMALL, "configs/ssmir/denoise-color-small.yaml",
+                 bundled_weights="weights/eamamba-small-denoise-blind.safetensors"),
         ZooEntry("eamamba-denoise-color", "Gaussian colour denoising (sigma 15/25/50)", "eamamba", _EAMAMBA,
                  "denoise-eamamba"),
         ZooEntry("eamamba-sidd", "real denoising (SIDD)", "eamamba", _EAMAMBA, "sidd-eamamba"),
@@ -92,6 +101,19 @@ def get_entry(name: str) -> ZooEntry:
     if name not in table:
         raise ValueError(f"unknown model {name!r}; `ssmir models` lists the zoo entries: {', '.join(sorted(table))}")
     return table[name]
+
+
+def bundled_weights(name: str) -> Path:
+    """The file of an entry's weights shipped inside the package."""
+    entry = get_entry(name)
+    if entry.bundled_weights is None:
+        raise ValueError(f"model {name!r} has no bundled weights: pass its official weights with --weights FILE "
+                         "(see `ssmir models` and the README for where to get them)")
+    path = Path(str(resources.files("ssmir").joinpath(entry.bundled_weights)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the bundled weights of {name!r} are missing from this installation "
+                                "(reinstall ssmir)")
+    return path
 
 
 def create_entry(name: str) -> torch.nn.Module:

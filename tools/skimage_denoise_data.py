@@ -1,0 +1,59 @@
+"""Write the training and held-out images of ssmir's bundled denoiser (scikit-image's colour samples).
+
+    python tools/skimage_denoise_data.py --out datasets/skimage
+
+writes ``OUT/train/*.png`` and ``OUT/heldout/*.png``; ``--sample DIR`` also writes the demo sample shipped in
+the package (``ssmir/samples``): a 256x256 crop of the held-out astronaut photo, clean and with Gaussian noise
+of sigma 25 (ssmir's seeded test noise, then 8-bit). The split is fixed here and recorded in the model card
+(docs/model-card-default-denoiser.md): the held-out photos are never seen in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Every RGB photo shipped inside scikit-image (no download). Synthetic RGB charts (color, phantom,
+# chessboard_RGB) and the RGBA silhouettes (horse, logo) are not photos and are left out.
+TRAIN = ("chelsea", "hubble_deep_field", "immunohistochemistry", "motorcycle_left", "motorcycle_right", "retina")
+HELDOUT = ("astronaut", "coffee", "rocket")
+SAMPLE = ("astronaut", slice(20, 276), slice(120, 376), 25.0)  # image, rows, columns, sigma
+
+
+def load(name: str):
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(skimage.data, name)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("datasets/skimage"))
+    parser.add_argument("--sample", type=Path, default=None, help="also write the demo sample here")
+    args = parser.parse_args(argv)
+    import torch
+
+    from ssmir.data.benchmarks import add_test_noise
+    from ssmir.data.io import save_image
+
+    if args.sample is not None:
+        name, rows, cols, sigma = SAMPLE
+        clean = torch.from_numpy(load(name)[rows, cols]).permute(2, 0, 1).float() / 255.0
+        noisy = add_test_noise(clean, sigma).clamp(0, 1)  # 256 is a multiple of 8: no padding
+        for folder, image in (("clean", clean), ("noisy", noisy)):
+            print(save_image(image, args.sample / folder / f"{name}.png"))
+
+    for split, names in (("train", TRAIN), ("heldout", HELDOUT)):
+        folder = args.out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            image = load(name)
+            save_image(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, folder / f"{name}.png")
+            print(f"{folder / name}.png  {image.shape[1]}x{image.shape[0]}")
+
+
+if __name__ == "__main__":
+    main()
