@@ -322,7 +322,7 @@ def restore_cmd(
     from ssmir.data.io import IMAGE_SUFFIXES, ImageError, save_image
     from ssmir.data.photos import FORMATS, load_photo, save_photo
     from ssmir.eval.metrics import psnr, ssim
-    from ssmir.restoration import event_voxel, pick_device, restore_photo
+    from ssmir.restoration import pick_device, restore_photo
 
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -377,12 +377,9 @@ def restore_cmd(
             continue
         try:
             photo = load_photo(path)
-            voxel = None
-            if events is not None:
-                voxel = event_voxel(events_for(path), channels[1], *photo.color.shape[:2], exposure=exposure,
-                                    reader=event_reader)
             result = restore_photo(net, photo, dev, tile=tile or None, overlap=overlap, tile_batch=tile_batch,
-                                   ensemble=mode, half=half, progress=True, events=voxel)
+                                   ensemble=mode, half=half, progress=True, exposure=exposure,
+                                   events=None if events is None else events_for(path), event_reader=event_reader)
             save_photo(result, target)
             out_t = torch.from_numpy(result.color.transpose(2, 0, 1).copy())
             panels = [torch.from_numpy(photo.color.transpose(2, 0, 1).copy()), out_t]

@@ -75,29 +75,25 @@ def event_voxel(events, bins: int, height: int, width: int, exposure: tuple[floa
     start, end = exposure if exposure is not None else (None, None)
     if exposure is not None and not end > start:
         raise EventError(f"exposure window ({start}, {end}): the end must come after the start")
-    if len(events) and (events.x.max() >= width or events.y.max() >= height):
-        raise EventError(f"events reach x={events.x.max()}, y={events.y.max()}, outside the {width}x{height} frame")
     return events_to_voxel(events, bins, height, width, t_start=start, t_end=end)
 
 
 def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: int | None = 512, overlap: int = 32,
                   tile_batch: int = 1, ensemble: int = 1, half: bool = False, progress: bool = False,
-                  events: torch.Tensor | None = None) -> Photo:
+                  events=None, exposure: tuple[float, float] | None = None, event_reader: str = "auto") -> Photo:
     """Restore the colour channels of ``photo``; alpha and bit depth are kept.
 
-    ``events``: the (bins, H, W) voxel grid of the exposure (``event_voxel``), required by event models and
-    refused by the others.
+    ``events``: what ``event_voxel`` takes (an event file, an ``Events`` stream or the (bins, H, W) voxel grid)
+    for the exposure window ``exposure``; required by event models and refused by the others.
     """
     channels = getattr(model, "input_channels", (3,))
-    height, width = photo.color.shape[:2]
     if len(channels) > 1 and events is None:
         raise ValueError("this model takes the exposure's events as well: give them (--events FILE)")
     if len(channels) == 1 and events is not None:
         raise ValueError("events were given but this model takes images only")
     extra = []
     if events is not None:
-        if tuple(events.shape) != (channels[1], height, width):
-            raise ValueError(f"event voxel grid is {tuple(events.shape)}, expected ({channels[1]}, {height}, {width})")
+        extra = [event_voxel(events, channels[1], *photo.color.shape[:2], exposure=exposure, reader=event_reader)]
     want = channels[0]
     x = torch.from_numpy(np.ascontiguousarray(photo.color.transpose(2, 0, 1)))[None]  # (1, C, H, W)
     gray_in = x.shape[1] == 1
@@ -109,8 +105,7 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
         raise ValueError(f"the model takes {want}-channel inputs; photos have 1 or 3 colour channels")
     dtype = torch.float16 if half and device.type in ("cuda", "mps") else torch.float32
     model = model.to(device=device, dtype=dtype)
-    if events is not None:
-        extra = [events[None].expand(x.shape[0], -1, -1, -1).to(device=device, dtype=dtype)]
+    extra = [e[None].expand(x.shape[0], -1, -1, -1).to(device=device, dtype=dtype) for e in extra]
     y = restore_tensor(model, x.to(device=device, dtype=dtype), *extra, ensemble=ensemble, tile=tile,
                        overlap=overlap, tile_batch=tile_batch, progress=progress).float().clamp(0, 1).cpu()
     if want == 1 and not gray_in:
@@ -134,16 +129,10 @@ def restore(image, model: nn.Module | str | None = None, weights: str | Path | N
     """
     net = resolve_model(model, weights)
     dev = pick_device(device)
-    channels = getattr(net, "input_channels", (3,))
 
     def run(photo: Photo) -> Photo:
-        voxel = None
-        if events is not None and len(channels) > 1:
-            voxel = event_voxel(events, channels[1], *photo.color.shape[:2], exposure=exposure)
-        elif events is not None:
-            raise ValueError("events were given but this model takes images only")
         return restore_photo(net, photo, dev, tile=tile, overlap=overlap, ensemble=ensemble, half=half,
-                             events=voxel)
+                             events=events, exposure=exposure)
 
     if isinstance(image, (str, Path)):
         out = run(load_photo(image))

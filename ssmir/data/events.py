@@ -195,13 +195,14 @@ def events_to_voxel(events: Events, bins: int, height: int, width: int, t_start:
     if normalize not in ("nonzero", "none"):
         raise ValueError(f"voxel grid: normalize must be 'nonzero' or 'none', got {normalize!r}")
     if len(events):
+        if events.x.max() >= width or events.y.max() >= height:  # the whole stream must belong to this frame
+            raise EventError(f"events reach x={events.x.max()}, y={events.y.max()}, outside the {width}x{height} "
+                             "frame")
         t0 = events.t[0] if t_start is None else t_start
         t1 = events.t[-1] if t_end is None else t_end
         events = events.window(t0, t1)
     grid = np.zeros(bins * height * width, dtype=np.float64)
     if len(events):
-        if events.x.max() >= width or events.y.max() >= height:
-            raise EventError(f"events fall outside the {width}x{height} frame")
         span = t1 - t0
         ts = (bins - 1) * (events.t - t0) / span if span > 0 and bins > 1 else np.zeros(len(events))
         left = np.floor(ts).astype(np.int64)

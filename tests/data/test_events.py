@@ -54,6 +54,8 @@ def test_validation_errors_name_the_problem():
     with pytest.raises(EventError, match="different lengths"):
         make_events([0, 1], [0], [0.0], [1])
     unsorted = make_events([0, 1, 2], [0, 0, 0], [3.0, 1.0, 2.0], [1, 0, 1])
+    with pytest.raises(EventError, match="x=2, y=0, outside the 2x1 frame"):  # even outside the exposure window
+        events_to_voxel(unsorted, bins=2, height=1, width=2, t_start=0.0, t_end=1.5)
     assert unsorted.t.tolist() == [1.0, 2.0, 3.0] and unsorted.x.tolist() == [1, 2, 0]
 
 
