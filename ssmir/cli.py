@@ -60,8 +60,7 @@ def inspect_cmd(
     try:
         model = load_model(checkpoint, name=name, args=args, ema=not raw, trust_pickle=trust_checkpoint)
     except (CheckpointError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(e))
     cfg = model.ssmir_config
     n = sum(p.numel() for p in model.parameters())
     typer.echo(f"{checkpoint}: {cfg['name']}, {n:,} parameters, weights load strictly")
@@ -72,18 +71,15 @@ def _read_model_config(path: Path, name: str | None):
     import yaml
 
     if not path.is_file():
-        typer.echo(f"error: --config {path}: no such file", err=True)
-        raise typer.Exit(2)
+        _fail(f"--config {path}: no such file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        typer.echo(f"error: --config {path}: not valid YAML/JSON ({e})", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"--config {path}: not valid YAML/JSON ({e})")
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         return data["model"].get("name", name), data["model"].get("args", {})
     if not isinstance(data, dict):
-        typer.echo(f"error: --config {path}: expected a mapping of architecture args", err=True)
-        raise typer.Exit(2)
+        _fail(f"--config {path}: expected a mapping of architecture args")
     return name, data
 
 
@@ -505,8 +501,9 @@ def test_cmd(
         if test_config is not None:
             if not test_config.is_file():
                 _fail(f"--test-config {test_config}: no such file")
-            bench = benchmark_from_config(yaml.safe_load(test_config.read_text()), Path.cwd(), scale)
-            tile = tile or yaml.safe_load(test_config.read_text()).get("eval_crop_size")
+            spec = yaml.safe_load(test_config.read_text())
+            bench = benchmark_from_config(spec, Path.cwd(), scale)
+            tile = tile or spec.get("eval_crop_size")
         elif dataset is None or root is None:
             _fail("give --dataset NAME --root DIR, or --test-config FILE (`ssmir test --list` shows the datasets)")
         else:
