@@ -141,6 +141,13 @@ class ImageCache:
         return image
 
 
+def _image_cache(args: dict, kind: str) -> ImageCache:
+    try:
+        return ImageCache(float(args.get("cache_mb", 1024)))
+    except (TypeError, ValueError):
+        raise DataError(f"dataset {kind}: cache_mb must be a number of megabytes") from None
+
+
 class EventSequenceData(torch.utils.data.Dataset):
     """(blurry frame, event voxel grid, sharp middle frame) simulated from sequences of sharp frames."""
 
@@ -152,6 +159,7 @@ class EventSequenceData(torch.utils.data.Dataset):
         if not root.is_dir():
             raise DataError(f"{root}: no such folder (sequence_dir: one sub-folder of frames per sequence)")
         self.n = int(args.get("frames_per_blur", 7))
+        self.cache = _image_cache(args, "event-sequence-dataset")
         self.sequences = [list_images(d) for d in sorted(root.iterdir()) if d.is_dir()]
         self.sequences = [s for s in self.sequences if len(s) >= self.n]
         if not self.sequences:
@@ -178,7 +186,7 @@ class EventSequenceData(torch.utils.data.Dataset):
 
         seq = self.sequences[int(rng.integers(len(self.sequences)))]
         start = int(rng.integers(len(seq) - self.n + 1))
-        frames = torch.stack([read_image(p) for p in seq[start:start + self.n]])  # (N, 3, H, W)
+        frames = torch.stack([self.cache.read(p) for p in seq[start:start + self.n]])  # (N, 3, H, W)
         if crop:
             h, w = frames.shape[-2:]
             if h < crop or w < crop:
@@ -227,10 +235,7 @@ class RestorationData(torch.utils.data.Dataset):
         base = Path(base)
         self.args, self.seed, self.rank, self.train = args, seed, rank, train
         self.augment = bool(args.get("augment", False)) and train
-        try:
-            self.cache = ImageCache(float(args.get("cache_mb", 1024)))
-        except (TypeError, ValueError):
-            raise DataError(f"dataset {self.kind}: cache_mb must be a number of megabytes") from None
+        self.cache = _image_cache(args, self.kind)
         self.gt = _files(args, "gt", base)
         if self.gt is None:
             raise DataError(f"dataset {self.kind}: give gt_data_file or gt_dir")
