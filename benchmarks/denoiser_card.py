@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -47,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     p.add_argument("--json", type=Path, default=None, help="also write per-image rows here")
     a = p.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    unknown = sorted(set(a.methods) - {"noisy", "nlm", "bm3d", "ssmir"})
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown} (noisy, nlm, bm3d, ssmir)")
     torch.set_num_threads(a.threads)
 
     from ssmir.data.benchmarks import add_test_noise
@@ -66,10 +67,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("BM3D needs the bm3d package: pip install bm3d (or leave it out with --methods)") from None
     net = resolve_model(a.model, a.weights) if "ssmir" in a.methods else None
 
+    clean = {path: read_image(path) for path in files}
     rows = []
     for sigma in a.sigmas:
-        for path in files:
-            gt = read_image(path)
+        for path, gt in clean.items():
             h, w = gt.shape[1:]
             noisy = add_test_noise(gt, sigma)[:, :h, :w]
             noisy_np = noisy.permute(1, 2, 0).double().numpy()
@@ -81,10 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                     out = torch.from_numpy(_nlm(noisy_np, sigma / 255)).permute(2, 0, 1).float()
                 elif method == "bm3d":
                     out = torch.from_numpy(_bm3d(noisy_np, sigma / 255)).permute(2, 0, 1).float()
-                elif method == "ssmir":
-                    out = restore_tensor(net, noisy[None])[0]
                 else:
-                    raise SystemExit(f"--methods: unknown method {method!r} (noisy, nlm, bm3d, ssmir)")
+                    out = restore_tensor(net, noisy[None])[0]
                 seconds = time.perf_counter() - start
                 out = out.float().clamp(0, 1)
                 rows.append({"sigma": sigma, "image": path.stem, "method": method, "psnr": psnr(out, gt),
