@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssmir.data.photos import Photo, load_photo
+from ssmir.data.io import luma
+from ssmir.data.photos import Photo, load_photo, split_channels
 from ssmir.eval.tester import restore_tensor
 
 
@@ -111,8 +112,7 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
     if want == 1 and not gray_in:
         y = y.transpose(0, 1)
     if want == 3 and gray_in:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        y = (y * w).sum(1, keepdim=True)
+        y = luma(y, axis=1)
     return Photo(y[0].numpy().transpose(1, 2, 0), photo.alpha, photo.bits)
 
 
@@ -154,11 +154,11 @@ def restore(image, model: nn.Module | str | None = None, weights: str | Path | N
                            events=events, exposure=exposure)
         return Image.fromarray(restored)
     arr = np.asarray(image)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4))):
+        raise ValueError(f"image array of shape {arr.shape}: expected (H, W) or (H, W, C) with C = 1 to 4")
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
-    f = arr.astype(np.float32) / scale
-    color, alpha = (f[..., None], None) if f.ndim == 2 else ((f[..., :3], f[..., 3]) if f.shape[2] == 4 else (f, None))
-    out = run(Photo(color, alpha))
-    res = out.color if alpha is None else np.concatenate([out.color, alpha[..., None]], axis=2)
+    out = run(Photo(*split_channels(arr, scale)))
+    res = out.color if out.alpha is None else np.concatenate([out.color, out.alpha[..., None]], axis=2)
     res = res[..., 0] if arr.ndim == 2 else res
     if scale != 1.0:
         return np.rint(np.clip(res, 0, 1) * scale).astype(arr.dtype)

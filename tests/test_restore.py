@@ -169,6 +169,11 @@ def test_api_returns_the_type_it_was_given(tmp_path):
     assert isinstance(ssmir.restore(pil, net, device="cpu"), Image.Image)
     Image.fromarray(arr8).save(tmp_path / "f.png")
     assert ssmir.restore(tmp_path / "f.png", net, device="cpu").shape == (16, 16, 3)
+    rgba = np.concatenate([arr8, (np.random.rand(16, 16, 1) * 255).astype(np.uint8)], axis=2)
+    out = ssmir.restore(rgba, net, device="cpu")
+    assert out.shape == (16, 16, 4) and np.array_equal(out, rgba)  # identity model, alpha carried untouched
+    with pytest.raises(ValueError, match=r"shape \(16, 16, 5\)"):
+        ssmir.restore(np.zeros((16, 16, 5), np.uint8), net, device="cpu")
 
 
 def test_outputs_get_ordinary_permissions(tmp_path, weights):

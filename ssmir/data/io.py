@@ -25,6 +25,19 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+def luma(rgb, axis: int):
+    """ITU-R 601 luma of the RGB channels along ``axis`` of a NumPy array or tensor; that axis kept, of size 1."""
+    index = [slice(None)] * rgb.ndim
+    total = 0
+    for c, weight in enumerate(LUMA_WEIGHTS):
+        index[axis] = slice(c, c + 1)
+        total = total + weight * rgb[tuple(index)]
+    return total
+
+
 def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     """(C, H, W) float32 in [0, 1]; ``mode`` "RGB" (3 channels) or "L" (1 channel, ITU-R 601 luma).
 
@@ -42,7 +55,7 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
         if photo.bits == 16:  # keep every bit; 8-bit files take Pillow's path below
             c = photo.color
             if mode == "L" and c.shape[2] == 3:
-                c = (0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2])[..., None]
+                c = luma(c, axis=-1)
             elif mode == "RGB" and c.shape[2] == 1:
                 c = np.repeat(c, 3, axis=2)
             return torch.from_numpy(np.ascontiguousarray(c.transpose(2, 0, 1)))

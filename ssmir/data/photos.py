@@ -24,7 +24,9 @@ class Photo:
     bits: int = 8
 
 
-def _split(arr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+def split_channels(arr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour (H, W, 1|3) float32 in [0, 1], alpha (H, W) or None) of an (H, W[, 1-4]) array of full scale
+    ``scale``: gray, gray + alpha, RGB or RGBA."""
     arr = arr.astype(np.float32) / scale
     if arr.ndim == 2:
         return arr[..., None], None
@@ -51,14 +53,14 @@ def load_photo(path: str | Path) -> Photo:
             if info["bitdepth"] == 16:
                 planes = info["planes"]
                 arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, planes)
-                color, alpha = _split(arr[..., 0] if planes == 1 else arr, 65535.0)
+                color, alpha = split_channels(arr[..., 0] if planes == 1 else arr, 65535.0)
                 return Photo(color, alpha, 16)
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
             arr = tifffile.imread(path)
             if arr.dtype == np.uint16:
-                color, alpha = _split(arr, 65535.0)
+                color, alpha = split_channels(arr, 65535.0)
                 return Photo(color, alpha, 16)
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -66,7 +68,7 @@ def load_photo(path: str | Path) -> Photo:
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode not in ("L", "LA", "RGB", "RGBA"):
                 im = im.convert("RGB")
-            color, alpha = _split(np.asarray(im), 255.0)
+            color, alpha = split_channels(np.asarray(im), 255.0)
             return Photo(color, alpha, 8)
     except ImageError:
         raise

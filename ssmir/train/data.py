@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmir.data.benchmarks import DatasetError, add_test_noise, jpeg_compress, read_list_file
-from ssmir.data.io import IMAGE_SUFFIXES, read_image
+from ssmir.data.io import IMAGE_SUFFIXES, luma, read_image
 
 DataError = DatasetError  # a dataset that cannot be used, reported by path before training starts
 
@@ -195,8 +195,8 @@ class EventSequenceData(torch.utils.data.Dataset):
             frames = frames[..., top:top + crop, left:left + crop]
         if self.augment:
             frames = _augment([frames], int(rng.integers(8)))[0]
-        luma = (0.299 * frames[:, 0] + 0.587 * frames[:, 1] + 0.114 * frames[:, 2]).numpy()
-        events = simulate_events(luma, np.linspace(0.0, 1.0, self.n), self.threshold, self.sigma,
+        gray = luma(frames, axis=1)[:, 0].numpy()
+        events = simulate_events(gray, np.linspace(0.0, 1.0, self.n), self.threshold, self.sigma,
                                  seed=int(rng.integers(2**31)))
         h, w = frames.shape[-2:]
         voxels = events_to_voxel(events, self.bins, h, w, t_start=0.0, t_end=1.0)
