@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ssmir.data.benchmarks import load_sidd_blocks
-from ssmir.data.io import IMAGE_SUFFIXES, atomic_write, read_image, save_image
+from ssmir.data.io import atomic_write, list_images, read_image, save_image
 from ssmir.eval.tester import restore_tensor
 
 
@@ -40,7 +40,7 @@ def export_deblur(model: nn.Module, input_dir: Path, output: Path, dataset: str 
                   ensemble: int = 1) -> Path:
     """Deblur every image of ``input_dir`` into ``output/<dataset>/<stem>.png`` (8-bit, rounded), the folder
     the official ``evaluate_gopro_hide.m`` compares with the targets."""
-    files = sorted(p for p in Path(input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(input_dir)
     if not files:
         raise FileNotFoundError(f"{input_dir}: no images to deblur")
     folder = Path(output) / dataset

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from ssmir.data.io import IMAGE_SUFFIXES, list_images
 
 
 def effective_receptive_field(model: nn.Module, images: list[torch.Tensor],
@@ -68,9 +68,9 @@ def load_images(folder: str | Path | None, size: int = 128, count: int = 16, noi
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"--images {folder}: no such folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(folder)
         if not files:
-            raise FileNotFoundError(f"--images {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise FileNotFoundError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         for p in files:
             try:
                 arrays.append(np.asarray(Image.open(p).convert("RGB")))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmir.data.benchmarks import DatasetError, add_test_noise, jpeg_compress, read_list_file
-from ssmir.data.io import IMAGE_SUFFIXES, luma, read_image
+from ssmir.data.io import IMAGE_SUFFIXES, list_images, luma, read_image
 
 DataError = DatasetError  # a dataset that cannot be used, reported by path before training starts
 
@@ -86,7 +86,7 @@ def _files(args: dict, key: str, base: Path) -> list[Path] | None:
         folder = folder if folder.is_absolute() else base / folder
         if not folder.is_dir():
             raise DataError(f"{folder}: no such folder ({key} images)")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(folder)
         if not files:
             raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         return files
@@ -152,8 +152,6 @@ class EventSequenceData(torch.utils.data.Dataset):
     """(blurry frame, event voxel grid, sharp middle frame) simulated from sequences of sharp frames."""
 
     def __init__(self, args: dict, base: Path, seed: int = 0, rank: int = 0):
-        from ssmir.data.io import list_images
-
         root = Path(args.get("sequence_dir", ""))
         root = root if root.is_absolute() else base / root
         if not root.is_dir():
