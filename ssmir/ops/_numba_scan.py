@@ -1,12 +1,13 @@
 """Compiled CPU kernels (numba) for the selective scan, forward and backward.
 
 The state of each channel lives in a small local array while the sequence is read once.
-The forward pass (``scan_forward_chunk``, called once per time chunk with ``exp(dt * A)`` precomputed by
-torch's vectorised exp) stores the state at the start of every ``chunk`` steps; the backward pass
-recomputes each chunk from its stored state and walks it in reverse, so the memory kept
+Both passes are called once per time block with ``exp(dt * A)`` precomputed by torch's vectorised exp
+(the compiled loops then only multiply and add). The forward pass (``scan_forward_chunk``) stores the
+state at the start of every ``chunk`` steps; the backward pass (``scan_backward_block``, blocks last to
+first) recomputes each chunk from its stored state and walks it in reverse, so the memory kept
 between the two passes is ``(B, D, L / chunk, N)``, a fraction of the inputs.
 
-Array layouts (all C-contiguous, one float dtype, float32 or float64):
+Array layouts (time slices of C-contiguous arrays, one float dtype, float32 or float64):
     u, delta, z, dy: (B, D, L)      A: (D, N)      D, delta_bias: (D,)
     Bt, Ct: (B, G, L, N)  -- B and C with time before state, so the inner loop is contiguous
 """
@@ -18,28 +19,22 @@ import math
 import numba
 import numpy as np
 
-_SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus and mamba-ssm use the same cut-off
 
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def scan_backward_block(u, dt, dt_scale, dA, A, Bt, Ct, Dv, z, has_z, chunk, h_ckpt, dy, parts, g_carry,
+                        du, ddelta, dz, dA_acc, dD, ddbias, dB_parts, dC_parts):
+    """Gradients of the scan over one time block, walked backwards; blocks are called last to first.
 
-@numba.njit(cache=True, inline="always")
-def _dt_at(delta, dbias, bi, di, t, softplus):
-    x = delta[bi, di, t] + dbias[di]
-    if softplus and x <= _SOFTPLUS_THRESHOLD:
-        return math.log1p(math.exp(x))
-    return x
-
-
-@numba.njit(parallel=True, cache=True)
-def scan_backward(u, delta, A, Bt, Ct, Dv, z, dbias, softplus, has_z, chunk, h_ckpt, dy, parts,
-                  du, ddelta, dz, dA, dD, ddbias, dB_parts, dC_parts):
-    """Gradients of the scan.
-
-    Work is split into ``(B, G, parts)`` tasks; each owns a slice of the channels of one group and
-    writes its share of dB/dC into ``dB_parts``/``dC_parts`` (B, G, parts, L, N), summed by the caller.
-    dA (D, N), dD (D,), ddbias (D,) are float64 sums over batch and time, written per task
-    into rows it alone owns, so they are accumulated as (B, D, ...) by the caller.
+    The block's slices (T steps, T a multiple of ``chunk`` except for the last block): ``u``, ``dt`` (the
+    step after bias and softplus), ``dt_scale`` (d dt / d delta), ``z``, ``dy`` and the outputs ``du``,
+    ``ddelta``, ``dz`` are (B, D, T); ``dA = exp(dt * A)`` is (B, D, T, N), precomputed by torch's vectorised
+    exp; ``h_ckpt`` (B, D, T / chunk, N) holds the state at the start of each chunk of the block.
+    ``g_carry`` (B, D, N) is dLoss/dh at the block's end, updated to its start. Work is split into
+    ``(B, G, parts)`` tasks; each owns a slice of the channels of one group and adds its share of dB/dC to
+    ``dB_parts``/``dC_parts`` (B, G, parts, T, N), summed by the caller. ``dA_acc`` (B, D, N), ``dD`` and
+    ``ddbias`` (B, D) are float64 sums over time that each task adds to in rows it alone owns.
     """
-    nb, nd, L = u.shape
+    nb, nd, T = u.shape
     N = A.shape[1]
     G = Bt.shape[1]
     dpg = nd // G
@@ -52,33 +47,26 @@ def scan_backward(u, delta, A, Bt, Ct, Dv, z, dbias, softplus, has_z, chunk, h_c
         d_start = gi * dpg + (p * dpg) // parts
         d_stop = gi * dpg + ((p + 1) * dpg) // parts
         h_buf = np.empty((chunk + 1, N), dtype=u.dtype)  # h_buf[j] = state before step t0 + j
-        a_buf = np.empty((chunk, N), dtype=u.dtype)  # exp(dt * A) of each step
-        dt_buf = np.empty(chunk, dtype=u.dtype)
-        g = np.empty(N, dtype=u.dtype)  # dLoss / dh_t, carried backwards in time
-        dA_acc = np.empty(N, dtype=np.float64)
         for di in range(d_start, d_stop):
             a = A[di]
             d_skip = Dv[di]
-            g[:] = 0.0
-            dA_acc[:] = 0.0
+            g = g_carry[bi, di]  # dLoss / dh_t, carried backwards in time
+            dA_row = dA_acc[bi, di]
             dD_acc = 0.0
             dbias_acc = 0.0
             for c in range(n_chunks - 1, -1, -1):
                 t0 = c * chunk
-                t1 = min(L, t0 + chunk)
-                h_buf[0, :] = h_ckpt[bi, di, c, :]
+                t1 = min(T, t0 + chunk)
+                for n in range(N):
+                    h_buf[0, n] = h_ckpt[bi, di, c, n]
                 for t in range(t0, t1):
                     j = t - t0
-                    dt = _dt_at(delta, dbias, bi, di, t, softplus)
-                    dt_buf[j] = dt
-                    dtu = dt * u[bi, di, t]
+                    dtu = dt[bi, di, t] * u[bi, di, t]
                     for n in range(N):
-                        e = math.exp(dt * a[n])
-                        a_buf[j, n] = e
-                        h_buf[j + 1, n] = e * h_buf[j, n] + dtu * Bt[bi, gi, t, n]
+                        h_buf[j + 1, n] = dA[bi, di, t, n] * h_buf[j, n] + dtu * Bt[bi, gi, t, n]
                 for t in range(t1 - 1, t0 - 1, -1):
                     j = t - t0
-                    dt = dt_buf[j]
+                    dtt = dt[bi, di, t]
                     ut = u[bi, di, t]
                     dyt = dy[bi, di, t]
                     if has_z:
@@ -98,23 +86,19 @@ def scan_backward(u, delta, A, Bt, Ct, Dv, z, dbias, softplus, has_z, chunk, h_c
                         b_tn = Bt[bi, gi, t, n]
                         dC_parts[bi, gi, p, t, n] += dy0 * h_buf[j + 1, n]
                         gn = g[n] + dy0 * Ct[bi, gi, t, n]
-                        e = a_buf[j, n]
+                        e = dA[bi, di, t, n]
                         gd = gn * h_buf[j, n] * e  # dLoss / d(dt * A[n])
                         ddt += gd * a[n] + gn * b_tn * ut
-                        dA_acc[n] += gd * dt
-                        dB_parts[bi, gi, p, t, n] += gn * dt * ut
-                        du_t += gn * dt * b_tn
+                        dA_row[n] += gd * dtt
+                        dB_parts[bi, gi, p, t, n] += gn * dtt * ut
+                        du_t += gn * dtt * b_tn
                         g[n] = gn * e
                     du[bi, di, t] = du_t
-                    if softplus:
-                        x = delta[bi, di, t] + dbias[di]
-                        if x <= _SOFTPLUS_THRESHOLD:
-                            ddt = ddt / (1.0 + math.exp(-x))
+                    ddt = ddt * dt_scale[bi, di, t]
                     ddelta[bi, di, t] = ddt
                     dbias_acc += ddt
-            dA[bi, di, :] = dA_acc
-            dD[bi, di] = dD_acc
-            ddbias[bi, di] = dbias_acc
+            dD[bi, di] += dD_acc
+            ddbias[bi, di] += dbias_acc
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)

@@ -182,7 +182,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 # --------------------------------------------------------------------------- numba (compiled CPU)
 
 _NUMBA_CHUNK = 64  # steps between stored states (backward recomputes from them)
-_NUMBA_FWD_CHUNK = 1024  # steps whose exp(dt * A) is computed at once in the forward pass
+_NUMBA_FWD_CHUNK = 1024  # steps whose exp(dt * A) is computed at once (forward and backward)
 
 
 @functools.lru_cache(maxsize=1)
@@ -253,15 +253,29 @@ class _NumbaScan(torch.autograd.Function):
         du = torch.empty_like(u)
         ddelta = torch.empty_like(u)
         dz = torch.empty_like(u) if has_z else u.new_zeros(1, 1, 1)
-        dA = torch.empty(nb, *A.shape, dtype=torch.float64)
-        dD = torch.empty(nb, nd, dtype=torch.float64)
-        ddbias = torch.empty(nb, nd, dtype=torch.float64)
+        g = u.new_zeros(nb, nd, A.shape[1])  # dLoss / dh, carried from the last block to the first
+        dA = torch.zeros(nb, *A.shape, dtype=torch.float64)
+        dD = torch.zeros(nb, nd, dtype=torch.float64)
+        ddbias = torch.zeros(nb, nd, dtype=torch.float64)
         dB_parts = u.new_zeros(nb, G, parts, L, A.shape[1])
         dC_parts = u.new_zeros(nb, G, parts, L, A.shape[1])
-        k.scan_backward(u.numpy(), delta.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), D.numpy(),
-                        z_arr.numpy(), delta_bias.numpy(), delta_softplus, has_z, _NUMBA_CHUNK,
-                        h_ckpt.numpy(), dy.numpy(), parts, du.numpy(), ddelta.numpy(), dz.numpy(),
-                        dA.numpy(), dD.numpy(), ddbias.numpy(), dB_parts.numpy(), dC_parts.numpy())
+        step = _NUMBA_FWD_CHUNK  # a multiple of _NUMBA_CHUNK: blocks start at stored states
+        for t0 in reversed(range(0, L, step)):
+            sl = slice(t0, min(L, t0 + step))
+            x = delta[..., sl] + delta_bias[:, None]
+            if delta_softplus:  # d softplus / dx = sigmoid(x)
+                dt, dt_scale = F.softplus(x), torch.sigmoid(x)
+            else:
+                dt, dt_scale = x, torch.ones_like(x)
+            dA_exp = torch.exp(dt[..., None] * A[:, None, :])
+            ck = slice(t0 // _NUMBA_CHUNK, math.ceil(sl.stop / _NUMBA_CHUNK))
+            k.scan_backward_block(u[..., sl].numpy(), dt.numpy(), dt_scale.numpy(), dA_exp.numpy(), A.numpy(),
+                                  Bt[:, :, sl].numpy(), Ct[:, :, sl].numpy(), D.numpy(),
+                                  z_arr[..., sl].numpy() if has_z else z_arr.numpy(), has_z, _NUMBA_CHUNK,
+                                  h_ckpt[:, :, ck].numpy(), dy[..., sl].numpy(), parts, g.numpy(),
+                                  du[..., sl].numpy(), ddelta[..., sl].numpy(),
+                                  dz[..., sl].numpy() if has_z else dz.numpy(), dA.numpy(), dD.numpy(),
+                                  ddbias.numpy(), dB_parts[:, :, :, sl].numpy(), dC_parts[:, :, :, sl].numpy())
         dB = dB_parts.sum(2).transpose(-1, -2)  # (batch, G, N, L)
         dC = dC_parts.sum(2).transpose(-1, -2)
         return (du, ddelta, dA.sum(0).to(u.dtype), dB, dC, dD.sum(0).to(u.dtype),

@@ -150,3 +150,21 @@ def test_unknown_arguments_warn_and_bad_config_raises():
         small_unet(channel_mixer_type="MLP")
     with pytest.raises(ValueError, match="scan_count"):
         small_unet(mamba_cfg=dict(SMALL_CFG, scan_count=3))
+
+
+@pytest.mark.parametrize("norm", ["WithBias", "BiasFree"])
+def test_layernorm2d_matches_restormer_formula(norm):
+    from ssmir.layers.norms import LayerNorm2d
+
+    layer = LayerNorm2d(5, norm).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64) * 3 + 1
+    var = x.var(1, keepdim=True, unbiased=False)
+    w = layer.body.weight.view(1, 5, 1, 1)
+    if norm == "WithBias":
+        want = (x - x.mean(1, keepdim=True)) / torch.sqrt(var + 1e-5) * w + layer.body.bias.view(1, 5, 1, 1)
+    else:
+        want = x / torch.sqrt(var + 1e-5) * w
+    torch.testing.assert_close(layer(x), want)

@@ -51,6 +51,20 @@ def test_fast_backend_matches_reference_values_and_gradients(backend, batch, dim
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_gradients_across_time_blocks_and_softplus_cutoff(backend):
+    # 2100 steps: the compiled backward walks three time blocks (1024 steps each, the last one partial);
+    # some deltas lie above softplus's linear cut-off (20)
+    inputs = make_inputs(1, 4, 2, 2100, 2)
+    inputs[1][0, 1, 100:1500:7] = 25.0
+    weight = torch.randn(1, 4, 2100)
+    y_ref, g_ref = _grads(selective_scan_reference, inputs, True, weight)
+    y, g = _grads(FAST[backend], inputs, True, weight)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for got, want in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("fn", [selective_scan_reference, selective_scan_numba, selective_scan_torch])
 def test_gradcheck_float64(fn):
     u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 3, 9, 2, dtype=torch.float64)
