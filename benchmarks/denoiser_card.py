@@ -35,20 +35,25 @@ def _bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
     return bm3d.bm3d_rgb(noisy, sigma)
 
 
+METHODS = ("noisy", "nlm", "bm3d", "ssmir", "ssmir-x4", "ssmir-x8")
+ENSEMBLE = {"ssmir": 1, "ssmir-x4": 4, "ssmir-x8": 8}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--heldout", type=Path, default=Path("datasets/skimage/heldout"))
     p.add_argument("--model", default=None, help="zoo entry with bundled weights [the default model]")
     p.add_argument("--weights", type=Path, default=None, help="or a checkpoint to evaluate instead")
     p.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
-    p.add_argument("--methods", nargs="+", default=["noisy", "nlm", "bm3d", "ssmir"])
+    p.add_argument("--methods", nargs="+", default=["noisy", "nlm", "bm3d", "ssmir"],
+                   help=f"any of {', '.join(METHODS)} (ssmir-x4/-x8: the model with 4-flip/8-transform self-ensemble)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     p.add_argument("--json", type=Path, default=None, help="also write per-image rows here")
     a = p.parse_args(argv)
-    unknown = sorted(set(a.methods) - {"noisy", "nlm", "bm3d", "ssmir"})
+    unknown = sorted(set(a.methods) - set(METHODS))
     if unknown:
-        raise SystemExit(f"--methods: unknown {unknown} (noisy, nlm, bm3d, ssmir)")
+        raise SystemExit(f"--methods: unknown {unknown} (expected some of {', '.join(METHODS)})")
     torch.set_num_threads(a.threads)
 
     from ssmir.data.benchmarks import add_test_noise
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             import bm3d  # noqa: F401
         except ImportError:
             raise SystemExit("BM3D needs the bm3d package: pip install bm3d (or leave it out with --methods)") from None
-    net = resolve_model(a.model, a.weights) if "ssmir" in a.methods else None
+    net = resolve_model(a.model, a.weights) if any(m.startswith("ssmir") for m in a.methods) else None
 
     clean = {path: read_image(path) for path in files}
     rows = []
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 elif method == "bm3d":
                     out = torch.from_numpy(_bm3d(noisy_np, sigma / 255)).permute(2, 0, 1).float()
                 else:
-                    out = restore_tensor(net, noisy[None])[0]
+                    out = restore_tensor(net, noisy[None], ensemble=ENSEMBLE[method])[0]
                 seconds = time.perf_counter() - start
                 out = out.float().clamp(0, 1)
                 rows.append({"sigma": sigma, "image": path.stem, "method": method, "psnr": psnr(out, gt),
@@ -92,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"sigma {sigma:g} {path.stem:12s} {method:6s} PSNR {r['psnr']:6.2f} SSIM {r['ssim']:.4f} "
                       f"{r['seconds']:7.2f} s", flush=True)
 
+    ours = "ssmir default model" if a.weights is None and a.model is None else "ssmir model"
     names = {"noisy": "noisy input", "nlm": "non-local means (scikit-image)", "bm3d": "BM3D (bm3d package)",
-             "ssmir": "ssmir default model" if a.weights is None and a.model is None else "ssmir model"}
+             "ssmir": ours, "ssmir-x4": f"{ours}, self-ensemble x4", "ssmir-x8": f"{ours}, self-ensemble x8"}
     lines = [f"Held-out images: {', '.join(f.stem for f in files)}; {a.threads} threads; PSNR (dB) / SSIM, "
              "RGB, mean over the images; seconds per image.", ""]
     header = "| method | " + " | ".join(f"sigma {s:g}" for s in a.sigmas) + " | seconds / image |"
