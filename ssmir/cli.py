@@ -422,6 +422,8 @@ def train_cmd(
     output: Path | None = typer.Option(None, "--output", help="Run folder [runs/<config stem>]."),
     resume: str | None = typer.Option(None, "--resume", help="Checkpoint to continue from, or 'last'."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key.sub=value (repeatable)."),
+    init: Path | None = typer.Option(None, "--init", help="Start from these weights (fine-tuning; any checkpoint "
+                                     "ssmir loads, EMA weights preferred); same as the config's init_weights."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on CPU even where a GPU exists."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
     stop_after: int | None = typer.Option(None, "--stop-after", help="Stop (and save last.pth) after this "
@@ -435,6 +437,8 @@ def train_cmd(
         cfg = load_config(config, set_)
     except ConfigError as e:
         _fail(str(e))
+    if init is not None:
+        cfg["init_weights"] = str(init)
     try:
         from ssmir.train.trainer import Trainer, TrainingError
     except ImportError as e:

@@ -34,13 +34,15 @@ SCHEMA = {
     "save_checkpoint_freq": int,
     "save_last_freq": int,
     "resume": (str, type(None)),
+    "init_weights": (str, type(None)),
     "seed": int,
     "loss": str,
     "mixed_precision": str,
 }
 REQUIRED = ("train_dataset", "model", "optimizer", "lr_scheduler", "total_iter")
 DEFAULTS = {"e_decay": 0.999, "use_grad_clip": True, "print_freq": 100, "val_freq": 1000, "val_img_save_freq_mult": 1,
-            "save_checkpoint_freq": 10000, "save_last_freq": 100, "resume": None, "seed": 0, "loss": "l1",
+            "save_checkpoint_freq": 10000, "save_last_freq": 100, "resume": None, "init_weights": None, "seed": 0,
+            "loss": "l1",
             "mixed_precision": "no", "progressive_train": None, "valid_dataset": None}
 
 

@@ -91,6 +91,8 @@ class Trainer:
         m = cfg["model"]
         self.model = create(m["name"], **copy.deepcopy(m.get("args") or {}))
         self._check_crops()
+        if cfg.get("init_weights"):
+            self._init_weights(self.base / cfg["init_weights"])
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = make_optimizer(self.model.parameters(), cfg["optimizer"])
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_scheduler"])
@@ -130,6 +132,20 @@ class Trainer:
         self.ema.ssmir_config = {"name": self.cfg["model"]["name"], "args": self.cfg["model"].get("args") or {}}
         save_model(self.ema, self.output / "ema.safetensors")
         return path
+
+    def _init_weights(self, path: Path) -> None:
+        """Start from the weights of ``path`` (fine-tuning): EMA weights where the file has them; the optimizer,
+        schedule and iteration start fresh. A checkpoint of another architecture is refused by name."""
+        from ssmir.models.loading import CheckpointError, load_state_dict_strict, read_checkpoint
+
+        try:
+            sd, spec = read_checkpoint(path, ema=True)
+            if spec and spec.get("name") and spec["name"] != self.cfg["model"]["name"]:
+                raise CheckpointError(f"{path}: holds a {spec['name']!r} model, the config trains "
+                                      f"{self.cfg['model']['name']!r}")
+            load_state_dict_strict(self.model, sd, source=f"init_weights {path}")
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
 
     def resume(self, path: Path) -> None:
         if not Path(path).is_file():

@@ -18,7 +18,8 @@ pytest.importorskip("accelerate")
 from ssmir.train.config import ConfigError, load_config, validate  # noqa: E402
 from ssmir.train.data import DataError, RestorationData, imresize  # noqa: E402
 from ssmir.train.schedulers import cosine_restart_cyclic  # noqa: E402
-from ssmir.train.trainer import Trainer  # noqa: E402
+import ssmir.models as ssmir_models  # noqa: E402
+from ssmir.train.trainer import Trainer, TrainingError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = {"name": "eamamba", "args": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "mamba_cfg": {
@@ -85,6 +86,28 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         for name, t in a["model"][key].items():
             assert torch.equal(t, b["model"][key][name]), (key, name)
     assert a["state"]["scheduler"]["last_epoch"] == b["state"]["scheduler"]["last_epoch"] == 8
+
+
+def test_init_weights_fine_tunes_from_a_trained_model_and_refuses_another_architecture(tmp_path):
+    from ssmir.models.loading import read_checkpoint, save_model
+
+    Trainer(_config(tmp_path, 40), tmp_path / "base", cpu=True, progress=False).fit()
+    trained, _ = read_checkpoint(tmp_path / "base" / "ema.safetensors")
+    tuned = Trainer(_config(tmp_path, 4, init_weights=str(tmp_path / "base" / "ema.safetensors")), tmp_path / "ft",
+                    cpu=True, progress=False)
+    for net in (tuned.model, tuned.ema):  # both start from the file's weights; optimizer and schedule fresh
+        for name, t in net.state_dict().items():
+            assert torch.equal(t, trained[name]), name
+    assert tuned.iteration == 0
+    scratch = Trainer(_config(tmp_path, 4), tmp_path / "scratch", cpu=True, progress=False)
+    assert tuned.validate()["psnr"] > scratch.validate()["psnr"] + 0.3
+
+    other = ssmir_models.create("mambairv2light", upscale=2, embed_dim=8, depths=[1], num_heads=[2], window_size=8,
+                                d_state=4, inner_rank=4, num_tokens=8, convffn_kernel_size=3, mlp_ratio=1.0)
+    save_model(other, tmp_path / "other.safetensors")
+    with pytest.raises(TrainingError, match="mambairv2light"):
+        Trainer(_config(tmp_path, 4, init_weights=str(tmp_path / "other.safetensors")), tmp_path / "bad", cpu=True,
+                progress=False)
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
