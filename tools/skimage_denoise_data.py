@@ -2,11 +2,12 @@
 
     python tools/skimage_denoise_data.py --out datasets/skimage
 
-writes ``OUT/train/*.png`` and ``OUT/heldout/*.png``; ``--extra`` also writes ``OUT/train-plus/``: the training
-photos plus three natural photos shipped inside other installed packages (scikit-learn's ``china`` and ``flower``,
-matplotlib's ``grace_hopper``; no download), used by the fine-tuning stage of the default model; ``--sample DIR`` also writes the demo sample shipped in
-the package (``ssmir/samples``): a 256x256 crop of the held-out astronaut photo, clean and with Gaussian noise
-of sigma 25 (ssmir's seeded test noise, then 8-bit). The split is fixed here and recorded in the model card
+writes ``OUT/train/*.png`` and ``OUT/heldout/*.png``. ``--extra`` also writes ``OUT/train-plus/``: the training
+photos plus three natural photos shipped inside other installed packages (scikit-learn's ``china`` and
+``flower``, matplotlib's ``grace_hopper``; no download), for the fine-tuning stage of the default model.
+``--sample DIR`` also writes the demo sample shipped in the package (``ssmir/samples``): a 256x256 crop of the
+held-out astronaut photo, clean and with Gaussian noise of sigma 25 (ssmir's seeded test noise, then 8-bit).
+The split is fixed here and recorded in the model card
 (docs/model-card-default-denoiser.md): the held-out photos are never seen in training.
 """
 

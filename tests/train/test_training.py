@@ -15,10 +15,10 @@ from PIL import Image
 
 pytest.importorskip("accelerate")
 
+import ssmir.models as ssmir_models  # noqa: E402
 from ssmir.train.config import ConfigError, load_config, validate  # noqa: E402
 from ssmir.train.data import DataError, RestorationData, imresize  # noqa: E402
 from ssmir.train.schedulers import cosine_restart_cyclic  # noqa: E402
-import ssmir.models as ssmir_models  # noqa: E402
 from ssmir.train.trainer import Trainer, TrainingError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
