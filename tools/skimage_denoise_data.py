@@ -28,7 +28,11 @@ def load(name: str):
     import skimage.data
 
     if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
+        try:
+            from sklearn.datasets import load_sample_image
+        except ImportError:
+            raise SystemExit(f"--extra: the photo {name!r} ships with scikit-learn, which is not installed "
+                             "(pip install 'ssmir[tools]' or pip install scikit-learn)") from None
 
         return load_sample_image(f"{name}.jpg")
     if name == "grace_hopper":
