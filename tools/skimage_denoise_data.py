@@ -14,6 +14,7 @@ The split is fixed here and recorded in the model card
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 # Every RGB photo shipped inside scikit-image (no download). Synthetic RGB charts (color, phantom,
@@ -24,6 +25,7 @@ EXTRA = ("china", "flower", "grace_hopper")  # scikit-learn, scikit-learn, matpl
 SAMPLE = ("astronaut", slice(20, 276), slice(120, 376), 25.0)  # image, rows, columns, sigma
 
 
+@functools.cache  # --extra writes the training photos twice (train/, train-plus/): decode each once
 def load(name: str):
     import skimage.data
 
