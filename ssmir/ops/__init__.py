@@ -7,6 +7,7 @@ from ssmir.ops.selective_scan import (
     selective_scan_numba,
     selective_scan_reference,
     selective_scan_torch,
+    selective_scan_triton,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "selective_scan_numba",
     "selective_scan_reference",
     "selective_scan_torch",
+    "selective_scan_triton",
 ]

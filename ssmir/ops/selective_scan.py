@@ -8,14 +8,18 @@ Semantics are those of mamba-ssm's ``selective_scan_fn``::
     y      = y * silu(z)                           (when z is given)
 
 Shapes: u, delta, z (batch, D, L); A (D, N); B, C (batch, N, L) or grouped (batch, G, N, L),
-where group g serves channels g*D/G ... (g+1)*D/G - 1; D, delta_bias (D,).
-Math runs in float32 (float64 for float64 inputs); the result has the dtype of ``u``.
+where group g serves channels g*D/G ... (g+1)*D/G - 1, or constant over batch and time (D, N);
+D, delta_bias (D,). Math runs in float32 (float64 for float64 inputs); the result has the dtype of
+``u`` and the last state the compute dtype (float32 for float16/bfloat16 inputs, as in mamba-ssm).
 
 Backends (``backend=`` argument, else the ``SSMIR_SCAN_BACKEND`` environment variable, else "auto"):
 
 ``reference``  a plain sequential loop in PyTorch; slow, kept as the oracle for tests.
 ``torch``      a parallel (Hillis-Steele) scan in PyTorch, chunked; runs on any device.
 ``numba``      compiled CPU kernels (forward and backward); the CPU default when numba is installed.
+``triton``     Triton kernels (forward and backward) for NVIDIA and AMD GPUs; the CUDA/ROCm default when
+               ``triton`` is importable and ``mamba_ssm`` is not. Under ``TRITON_INTERPRET=1`` it also runs
+               on CPU tensors (Triton's interpreter, for tests).
 ``cuda``       mamba-ssm's CUDA kernel; the CUDA default when ``mamba_ssm`` is importable.
 """
 
@@ -30,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-BACKENDS = ("auto", "reference", "torch", "numba", "cuda")
+BACKENDS = ("auto", "reference", "torch", "numba", "triton", "cuda")
 ENV_VAR = "SSMIR_SCAN_BACKEND"
 
 
@@ -49,17 +53,21 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise NotImplementedError("selective_scan: complex A is not implemented")
     N = A.shape[1]
     for name, t in (("B", B), ("C", C)):
+        if t.is_complex():
+            raise NotImplementedError(f"selective_scan: complex {name} is not implemented")
+        if t.dim() == 2:  # constant over batch and time, one row per channel
+            if t.shape != (nd, N):
+                raise ValueError(f"selective_scan: a constant {name} must be (D={nd}, N={N}), got {tuple(t.shape)}")
+            continue
         if t.dim() == 3:
             t = t.unsqueeze(1)
         if t.dim() != 4 or t.shape[0] != nb or t.shape[2] != N or t.shape[3] != L:
             raise ValueError(
-                f"selective_scan: {name} must be (batch={nb}, N={N}, L={L}) or (batch, G, N, L), "
+                f"selective_scan: {name} must be (batch={nb}, N={N}, L={L}), (batch, G, N, L) or (D, N), "
                 f"got {tuple(t.shape)}"
             )
         if nd % t.shape[1] != 0:
             raise ValueError(f"selective_scan: {name} has {t.shape[1]} groups, which do not divide D={nd}")
-    if _grouped(B).shape[1] != _grouped(C).shape[1]:
-        raise ValueError("selective_scan: B and C must have the same number of groups")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (nd,):
             raise ValueError(f"selective_scan: {name} must be ({nd},), got {tuple(t.shape)}")
@@ -71,9 +79,22 @@ def _compute_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _grouped(t: torch.Tensor) -> torch.Tensor:
-    """(batch, N, L) -> (batch, 1, N, L); grouped tensors pass through."""
+def _grouped(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """B or C as (batch, G, N, L): (batch, N, L) gets G = 1; a constant (D, N) becomes D groups of one
+    channel, broadcast over batch and time (a view; its gradient sums over them)."""
+    if t.dim() == 2:
+        return t[None, :, :, None].expand(u.shape[0], -1, -1, u.shape[2])
     return t.unsqueeze(1) if t.dim() == 3 else t
+
+
+def _grouped_pair(B, C, u):
+    """B and C as (batch, G, N, L) with the same G (the finer grouping when theirs differ)."""
+    B, C = _grouped(B, u), _grouped(C, u)
+    gb, gc = B.shape[1], C.shape[1]
+    if gb != gc:
+        g = max(gb, gc) if max(gb, gc) % min(gb, gc) == 0 else u.shape[1]
+        B, C = B.repeat_interleave(g // gb, dim=1), C.repeat_interleave(g // gc, dim=1)
+    return B, C
 
 
 def _prepare_delta(delta, delta_bias, delta_softplus):
@@ -85,13 +106,14 @@ def _prepare_delta(delta, delta_bias, delta_softplus):
 
 
 def _finish(y, h, u, D, z, dtype_in, return_last_state):
-    """Add the D skip, gate by silu(z), cast back: the common end of the PyTorch backends."""
+    """Add the D skip, gate by silu(z), cast y back (the state stays in the compute dtype, as in mamba-ssm):
+    the common end of the PyTorch backends."""
     if D is not None:
         y = y + u * D.to(y.dtype)[:, None]
     if z is not None:
         y = y * F.silu(z.to(y.dtype))
     y = y.to(dtype_in)
-    return (y, h.to(dtype_in)) if return_last_state else y
+    return (y, h) if return_last_state else y
 
 
 # --------------------------------------------------------------------------- reference
@@ -104,7 +126,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
-    B, C = _grouped(B).to(ct), _grouped(C).to(ct)
+    B, C = (t.to(ct) for t in _grouped_pair(B, C, u))
     nb, nd, L = u.shape
     reps = nd // B.shape[1]
     B = B.repeat_interleave(reps, dim=1)  # (batch, D, N, L)
@@ -161,7 +183,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
-    B, C = _grouped(B).to(ct), _grouped(C).to(ct)
+    B, C = (t.to(ct) for t in _grouped_pair(B, C, u))
     delta = _prepare_delta(delta, None if delta_bias is None else delta_bias.to(ct), delta_softplus)
     nb, nd, L = u.shape
     h = u.new_zeros(nb, nd, A.shape[1])
@@ -293,14 +315,57 @@ def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     nd = u.shape[1]
     args = [
         u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct).contiguous(),
-        _grouped(B).to(ct).contiguous(), _grouped(C).to(ct).contiguous(),
+        *(t.to(ct).contiguous() for t in _grouped_pair(B, C, u)),
         (D if D is not None else u.new_zeros(nd)).to(ct).contiguous(),
         None if z is None else z.to(ct).contiguous(),
         (delta_bias if delta_bias is not None else u.new_zeros(nd)).to(ct).contiguous(),
     ]
     y, h_last = _NumbaScan.apply(*args, bool(delta_softplus))
     y = y.to(dtype_in)
-    return (y, h_last.to(dtype_in)) if return_last_state else y
+    return (y, h_last) if return_last_state else y
+
+
+# --------------------------------------------------------------------------- Triton (NVIDIA / AMD GPUs)
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_kernels():
+    try:
+        from ssmir.ops import _triton_scan
+    except ImportError as e:  # triton missing or broken
+        raise RuntimeError(f"the triton scan backend is unavailable ({e}); pip install triton") from e
+    return _triton_scan
+
+
+def triton_available() -> bool:
+    try:
+        _triton_kernels()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False):
+    """Triton kernels (forward and backward); GPU tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
+
+    float32, float16, bfloat16 (float32 math) and float64 (float64 math) inputs; differentiable in every
+    tensor argument except the last state.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type != "cuda" and not (u.device.type == "cpu" and _triton_interpreting()):
+        raise ValueError(f"selective_scan: backend 'triton' runs on GPU tensors (or CPU tensors with "
+                         f"TRITON_INTERPRET=1), got {u.device}")
+    k = _triton_kernels()
+    y, h_last = k.TritonScan.apply(
+        u.contiguous(), delta.contiguous(), A, _grouped(B, u), _grouped(C, u),
+        None if D is None else D.contiguous(), None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus))
+    return (y, h_last) if return_last_state else y
 
 
 # --------------------------------------------------------------------------- mamba-ssm CUDA
@@ -346,7 +411,8 @@ def _selective_scan_meta(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     """Shapes only, for tensors on the meta device (FLOP counting without computing)."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     y = torch.empty_like(u)
-    return (y, u.new_empty(u.shape[0], u.shape[1], A.shape[1])) if return_last_state else y
+    h = u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=_compute_dtype(u))
+    return (y, h) if return_last_state else y
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -355,6 +421,7 @@ _IMPLS = {
     "reference": selective_scan_reference,
     "torch": selective_scan_torch,
     "numba": selective_scan_numba,
+    "triton": selective_scan_triton,
     "cuda": selective_scan_cuda,
 }
 
@@ -372,6 +439,8 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
         return "numba" if numba_available() else "torch"
     if dev == "cuda" and _mamba_ssm_fn() is not None:
         return "cuda"
+    if dev == "cuda" and triton_available():  # NVIDIA, and AMD (ROCm builds call their devices "cuda")
+        return "triton"
     return "torch"
 
 
