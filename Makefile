@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench clean check-plain-install
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,16 @@ test: setup
 	$(VENV)/bin/ruff check ssmir tests benchmarks tools
 	$(PY) -m pytest -q
 
+# A plain `pip install .` (no extras) in a fresh environment must restore a photo: CI runs this.
+PLAIN_VENV ?= .venv-plain
+check-plain-install:
+	rm -rf $(PLAIN_VENV) plain-output
+	python3 -m venv $(PLAIN_VENV)
+	$(PLAIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PLAIN_VENV)/bin/python -m pip install -q "$(TORCH_PIN)"
+	$(PLAIN_VENV)/bin/python -m pip install -q .
+	$(PLAIN_VENV)/bin/ssmir restore --sample -o plain-output
+
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
@@ -31,4 +41,4 @@ bench: setup
 	$(PY) benchmarks/bench_scan.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo-output
+	rm -rf $(VENV) $(PLAIN_VENV) .pytest_cache .ruff_cache demo-output plain-output

@@ -439,10 +439,12 @@ def train_cmd(
         _fail(str(e))
     if init is not None:
         cfg["init_weights"] = str(init)
-    try:
-        from ssmir.train.trainer import Trainer, TrainingError
-    except ImportError as e:
-        _fail(f"training needs the train extra (pip install 'ssmir[train]'): {e}")
+    import importlib.util
+
+    missing = [m for m in ("accelerate",) if importlib.util.find_spec(m) is None]
+    if missing:
+        _fail(f"training needs {', '.join(missing)}: pip install 'ssmir[train]'")
+    from ssmir.train.trainer import Trainer, TrainingError
     out = output or Path("runs") / config.stem
     try:
         trainer = Trainer(cfg, out, base=Path.cwd(), cpu=cpu, workers=workers, stop_after=stop_after)
@@ -483,7 +485,8 @@ def test_cmd(
     quality: int | None = typer.Option(None, "--quality", help="JPEG quality for artefact-removal sets."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Self-ensemble over the 4 flips (official)."),
     ensemble8: bool = typer.Option(False, "--ensemble8", help="Self-ensemble over 8 flips and rotations."),
-    tile: int | None = typer.Option(None, "--tile", help="Tile size for large images (default: whole image)."),
+    tile: int | None = typer.Option(None, "--tile", help="Tile size for large images (default: whole image, or "
+                                    "the official quadrant split where the dataset or config has one)."),
     overlap: int = typer.Option(32, "--overlap", help="Tile overlap in pixels."),
     save: Path | None = typer.Option(None, "--save", help="Folder for the restored images."),
     output: Path | None = typer.Option(None, "--output", help="Folder for per_image.csv and summaries "
@@ -507,7 +510,6 @@ def test_cmd(
                 _fail(f"--test-config {test_config}: no such file")
             spec = yaml.safe_load(test_config.read_text())
             bench = benchmark_from_config(spec, Path.cwd(), scale)
-            tile = tile or spec.get("eval_crop_size")
         elif dataset is None or root is None:
             _fail("give --dataset NAME --root DIR, or --test-config FILE (`ssmir test --list` shows the datasets)")
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io as _io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ class Benchmark:
     convention: Convention
     samples: list[Sample]
     params: dict = field(default_factory=dict)
+    quadrants: int | None = None  # the official eval_crop_size: EAMamba's quadrant split (RealSR, DPDD)
 
 
 def _need_dir(path: Path, what: str) -> Path:
@@ -241,6 +243,7 @@ class Definition:
     y_only: bool = False
     crop_scale: bool = False
     extra: dict = field(default_factory=dict)
+    quadrants: int | None = None  # the official test config's eval_crop_size
 
 
 _DN = "Gaussian colour denoising"
@@ -260,7 +263,7 @@ DEFINITIONS: dict[str, Definition] = {
        for n in ("rain100l", "rain100h", "test100", "test1200", "test2800")},
     "realsr": Definition("real-world SR (pre-upsampled input)", _realsr,
                          "ROOT/{Canon,Nikon}/Test/<scale>/<name>_HR.png and <name>_LR<scale>.png", "scale",
-                         y_only=True),
+                         y_only=True, quadrants=2048),
     **{n: Definition("classic SR", _classic_sr, "ROOT/HR/<stem>.png, ROOT/LR_bicubic/X<scale>/<stem>x<scale>.png",
                      "scale", y_only=True, crop_scale=True)
        for n in ("set5", "set14", "b100", "urban100", "manga109")},
@@ -296,7 +299,7 @@ def load_benchmark(name: str, root: str | Path, sigma: float | None = None, scal
     given = {k: v for k, v in params.items() if v is not None and k == d.needs}
     samples = d.build(root, **given, **d.extra)
     crop = int(scale) if d.crop_scale else 0
-    return Benchmark(key, d.task, Convention(d.y_only, crop), samples, given)
+    return Benchmark(key, d.task, Convention(d.y_only, crop), samples, given, d.quadrants)
 
 
 def read_list_file(path: str | Path, base: Path) -> list[Path]:
@@ -339,8 +342,14 @@ def benchmark_from_config(cfg: dict, base: str | Path = ".", scale: int | None =
         gts, lqs = read_list_file(args["gt_data_file"], base), read_list_file(args["lq_data_file"], base)
         if len(gts) != len(lqs):
             raise DatasetError(f"test config: {len(gts)} ground truths but {len(lqs)} inputs")
-        samples = [Sample(g.stem, lambda g=g: read_image(g), lambda q=q: read_image(q)) for g, q in zip(gts, lqs,
-                                                                                                      strict=True)]
+        if args.get("resize_back"):
+            raise DatasetError("test config: resize_back (bicubic upsampling of the input) is not supported")
+        read = _official_y if args.get("y_only") else read_image
+        if kind == "sr-paired-dataset":
+            samples = [Sample(g.stem, partial(_sr_ground_truth, g, q, read), partial(read, q))
+                       for g, q in zip(gts, lqs, strict=True)]
+        else:
+            samples = [Sample(g.stem, partial(read, g), partial(read, q)) for g, q in zip(gts, lqs, strict=True)]
         task, params = kind, {}
     else:
         raise DatasetError(f"test config: dataset {kind!r} is not one of denoising-color-dataset, paired-dataset, "
@@ -348,4 +357,20 @@ def benchmark_from_config(cfg: dict, base: str | Path = ".", scale: int | None =
     if scale:
         params["scale"] = scale
     conv = Convention(bool(cfg.get("eval_y_only", False)), int(scale) if scale and scale > 1 else 0)
-    return Benchmark(Path(str(args.get("gt_data_file", kind))).stem, task, conv, samples, params)
+    quadrants = int(cfg["eval_crop_size"]) if cfg.get("eval_crop_size") else None
+    return Benchmark(Path(str(args.get("gt_data_file", kind))).stem, task, conv, samples, params, quadrants)
+
+
+def _official_y(path: Path) -> torch.Tensor:
+    """The official datasets' ``y_only`` reading: BT.601 Y of the 8-bit RGB image, rounded to 8 bits, (1, H, W)."""
+    rgb = torch.round(read_image(path) * 255) / 255
+    y = (65.481 * rgb[0] + 128.553 * rgb[1] + 24.966 * rgb[2] + 16.0) / 255
+    return (torch.round(y * 255) / 255)[None]
+
+
+def _sr_ground_truth(gt: Path, lq: Path, read) -> torch.Tensor:
+    """The official SRPairedDataset at test time: the ground truth cropped to (input size) x (its scale),
+    the scale being the ratio of the heights (integer division), as ``img_gt[:h_lr*s, :w_lr*s]``."""
+    img, small = read(gt), read(lq)
+    s = img.shape[1] // small.shape[1]
+    return img[:, : small.shape[1] * s, : small.shape[2] * s]

@@ -22,6 +22,13 @@ def min_size(model: nn.Module) -> int:
     return int(getattr(model, "min_size", 1))
 
 
+def eval_pad_multiple(model: nn.Module) -> int:
+    """The multiple to which the model's official test pipeline pads inputs before anything else (the
+    self-ensemble included): 8 for the EAMamba networks (``calc_padding(h, w, base=8)`` in every official
+    test dataset), else 1 (the model's own forward pads as its official evaluation does)."""
+    return int(getattr(model, "eval_pad_multiple", 1))
+
+
 def upscale_factor(model: nn.Module) -> int:
     return int(getattr(model, "upscale", 1) or 1)
 

@@ -80,6 +80,37 @@ def tiled_forward(fn: Fn, x: torch.Tensor, *extra: torch.Tensor, tile: int | Non
     return (out / weight).to(x.dtype)
 
 
+@torch.no_grad()
+def quadrant_forward(fn: Fn, x: torch.Tensor, crop_size: int = 2048, shave: int = 16, scale: int = 1) -> torch.Tensor:
+    """EAMamba's ``forward_patch`` (its ``test.py`` with ``eval_crop_size``), reproduced exactly.
+
+    The image is cut into four overlapping quadrants (their cut points kept on multiples of 8, ``shave``
+    pixels of overlap); each quadrant is run whole if the image has fewer than ``crop_size``**2 pixels,
+    else cut again the same way (the recursion passes scale 1, as the official code does); the output
+    takes each quadrant's own corner. Unlike ``tiled_forward`` there is no blending: this is the official
+    protocol of the RealSR and DPDD test configs, kept for reproducing their numbers.
+    """
+    b, c, h, w = x.shape
+    top = slice(0, int(h // 2 + shave - (h // 2 % 8)))
+    bottom = slice(int(h - h // 2 - shave + ((h - h // 2) % 8)), h)
+    left = slice(0, int(w // 2 + shave - (w // 2 % 8)))
+    right = slice(int(w - w // 2 - shave + ((w - w // 2) % 8)), w)
+    chops = [x[..., top, left], x[..., top, right], x[..., bottom, left], x[..., bottom, right]]
+    if h * w < crop_size * crop_size:
+        outs = [fn(chop) for chop in chops]
+    else:
+        outs = [quadrant_forward(fn, chop, crop_size, shave) for chop in chops]
+    h, w = h * scale, w * scale
+    y = x.new_empty(b, outs[0].shape[1], h, w)
+    top, bottom, bottom_r = slice(0, h // 2), slice(h - h // 2, h), slice(h // 2 - h, None)
+    left, right, right_r = slice(0, w // 2), slice(w - w // 2, w), slice(w // 2 - w, None)
+    y[..., top, left] = outs[0][..., top, left]
+    y[..., top, right] = outs[1][..., top, right_r]
+    y[..., bottom, left] = outs[2][..., bottom_r, left]
+    y[..., bottom, right] = outs[3][..., bottom_r, right_r]
+    return y
+
+
 # the eight symmetries of the square: (number of 90-degree rotations, flip W first)
 _DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 _FLIPS = [(), (-1,), (-2,), (-2, -1)]  # the official x4: none, W, H, both

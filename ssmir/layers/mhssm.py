@@ -13,6 +13,7 @@ checkpoints load unchanged.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -59,9 +60,9 @@ class MHSSMConfig:
         for key in cls._IGNORED:
             cfg.pop(key, None)
         unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"mamba_cfg: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        out = cls(**cfg)
+        if unknown:  # the official ExtendedMamba takes **kwargs and ignores them
+            warnings.warn(f"mamba_cfg: ignoring unknown key(s) {unknown}; known keys: {sorted(known)}", stacklevel=4)
+        out = cls(**{k: v for k, v in cfg.items() if k in known})
         if isinstance(out.scan_type, str):
             out.scan_type = None if out.scan_type.lower() == "none" else out.scan_type.lower()
         if out.scan_type not in SCAN_TYPES:
@@ -88,7 +89,9 @@ class MultiHeadSelectiveScan(nn.Module):
         self.heads = cfg.scan_count
         self.concat_heads = cfg.scan_merge_method == "concate" or self.heads == 1
         if self.concat_heads and self.d_inner % self.heads:
-            raise ValueError(f"MHSSM: inner width {self.d_inner} is not divisible by scan_count {self.heads}")
+            warnings.warn(f"MHSSM: inner width {self.d_inner} is not divisible by scan_count {self.heads}; built with "
+                          f"{self.d_inner // self.heads} channels per head as the official code does, which cannot "
+                          "run", stacklevel=2)
         self.d_head = self.d_inner // self.heads if self.concat_heads else self.d_inner
 
         self.in_proj = nn.Linear(d_model, self.d_inner * (1 if cfg.disable_z_branch else 2), bias=cfg.bias)
@@ -118,6 +121,8 @@ class MultiHeadSelectiveScan(nn.Module):
         b, length, _ = tokens.shape
         h, w = size
         k, d = self.heads, self.d_head
+        if self.concat_heads and k * d != self.d_inner:
+            raise ValueError(f"MHSSM: inner width {self.d_inner} does not split into scan_count={k} heads")
 
         xz = rearrange(self._maybe_checkpoint(self.in_proj, tokens), "b l c -> b c l")
         x, z = (xz, None) if self.cfg.disable_z_branch else xz.chunk(2, dim=1)

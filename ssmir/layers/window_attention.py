@@ -54,6 +54,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         bw, n, _ = qkv.shape
+        if self.dim % self.num_heads:
+            raise ValueError(f"window attention: {self.dim} channels do not split into {self.num_heads} heads")
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (nW*B, heads, n, n)
         bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1)

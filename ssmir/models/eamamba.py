@@ -55,19 +55,28 @@ def _blocks(num_blocks: int, dim: int, settings: dict) -> nn.Sequential:
 
 def _shared_settings(name, ffn_expansion_factor, bias, layernorm_type, LayerNorm_type, checkpoint_percentage,
                      channel_mixer_type, mamba_cfg, extra, ignored) -> dict:
-    """Validate the arguments both EAMamba networks share, and return the per-block settings."""
+    """Validate the arguments both EAMamba networks share, and return the per-block settings.
+
+    What the official constructor accepts is accepted (with a warning where it is unusual); only what it
+    refuses is refused. ``checkpoint_percentage`` acts as in the official code for any value (the first
+    ceil(p * n) blocks of a stage are checkpointed).
+    """
     if LayerNorm_type is not None and layernorm_type is not None and LayerNorm_type != layernorm_type:
-        raise ValueError(f"{name}: layernorm_type={layernorm_type!r} and LayerNorm_type={LayerNorm_type!r} disagree")
+        warnings.warn(f"{name}: layernorm_type={layernorm_type!r} and LayerNorm_type={LayerNorm_type!r} disagree; "
+                      "using layernorm_type, the official constructor's argument", stacklevel=3)
+    norm = layernorm_type if layernorm_type is not None else LayerNorm_type
+    if norm not in (None, "WithBias", "BiasFree"):  # the official LayerNorm: 'BiasFree', else with bias
+        warnings.warn(f"{name}: layernorm_type {norm!r} is neither 'WithBias' nor 'BiasFree'; the official code "
+                      "builds the WithBias norm for it, and so does this", stacklevel=3)
+        norm = "WithBias"
     unknown = sorted(set(extra) - set(ignored))
     if unknown:
         warnings.warn(f"{name}: ignoring unknown argument(s) {unknown}", stacklevel=3)
-    if not 0.0 <= float(checkpoint_percentage) <= 1.0:
-        raise ValueError(f"{name}: checkpoint_percentage must be in [0, 1], got {checkpoint_percentage}")
     make_channel_mixer(channel_mixer_type, 8, ffn_expansion_factor, bias)  # validates the name early
     return {
         "ffn_expansion_factor": ffn_expansion_factor,
         "bias": bias,
-        "layernorm_type": LayerNorm_type or layernorm_type or "WithBias",
+        "layernorm_type": norm or "WithBias",
         "mamba_cfg": MHSSMConfig.from_dict(mamba_cfg),
         "channel_mixer_type": channel_mixer_type,
         "checkpoint_percentage": float(checkpoint_percentage),
@@ -84,14 +93,18 @@ class EAMamba(nn.Module):
     """
 
     size_multiple = 8  # three 2x downsamplings
+    eval_pad_multiple = 8  # the official test datasets reflect-pad every input to a multiple of 8
 
     def __init__(self, inp_channels=3, out_channels=3, dim=64, num_blocks=(4, 6, 6, 7), num_refinement_blocks=2,
                  ffn_expansion_factor=2.0, bias=False, layernorm_type=None, dual_pixel_task=False,
                  checkpoint_percentage=0.0, channel_mixer_type="Simple", upscale=1, mamba_cfg=None,
                  LayerNorm_type=None, **extra):
         super().__init__()
-        if len(num_blocks) != 4:
+        if len(num_blocks) < 4:
             raise ValueError(f"eamamba: num_blocks needs 4 entries (one per level), got {list(num_blocks)}")
+        if len(num_blocks) > 4:
+            warnings.warn(f"eamamba: num_blocks {list(num_blocks)} has more than 4 entries; the official network "
+                          "uses the first 4, and so does this", stacklevel=2)
         s = _shared_settings("eamamba", ffn_expansion_factor, bias, layernorm_type, LayerNorm_type,
                              checkpoint_percentage, channel_mixer_type, mamba_cfg, extra, ignored=("heads",))
         self.upscale = int(upscale)
@@ -99,8 +112,8 @@ class EAMamba(nn.Module):
         self.dual_pixel_task = bool(dual_pixel_task)
         d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
 
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(inp_channels, d1, 3, padding=1, bias=bias)
+        self.patch_embed = nn.Module()  # OverlapPatchEmbed(inp_channels, dim): never a bias, whatever `bias` says
+        self.patch_embed.proj = nn.Conv2d(inp_channels, d1, 3, padding=1, bias=False)
         self.encoder_level1 = _blocks(num_blocks[0], d1, s)
         self.down1_2 = Downsample(d1)
         self.encoder_level2 = _blocks(num_blocks[1], d2, s)
@@ -164,6 +177,8 @@ class EAMambaSR(nn.Module):
 
     Input (B, inp_channels, H, W); output (B, out_channels, H * upscale, W * upscale).
     """
+
+    eval_pad_multiple = 8  # the official test datasets reflect-pad every input to a multiple of 8
 
     def __init__(self, inp_channels=3, out_channels=3, dim=64, num_blocks=(4, 4, 4, 4), ffn_expansion_factor=2.0,
                  bias=False, layernorm_type=None, checkpoint_percentage=0.0, channel_mixer_type="Simple", upscale=2,

@@ -75,13 +75,13 @@ class AttentiveLayer(nn.Module):
     """Window attention + FFN, then ASSM + FFN, each half with a learned-scale long skip."""
 
     def __init__(self, dim, d_state, num_heads, window_size, shift_size, inner_rank, num_tokens, convffn_kernel_size,
-                 mlp_ratio, light: bool, routing: str):
+                 mlp_ratio, light: bool, routing: str, qkv_bias: bool = True):
         super().__init__()
         self.window_size, self.shift_size = window_size, shift_size
         self.scale1 = nn.Parameter(1e-4 * torch.ones(dim))
         self.scale2 = nn.Parameter(1e-4 * torch.ones(dim))
         self.norm1, self.norm2, self.norm3, self.norm4 = (nn.LayerNorm(dim) for _ in range(4))
-        self.wqkv = nn.Linear(dim, 3 * dim)
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.win_mhsa = WindowAttention(dim, window_size, num_heads)
         self.assm = AttentiveStateSpace(dim, d_state, num_tokens=num_tokens, inner_rank=inner_rank,
                                         mlp_ratio=mlp_ratio, routing=routing)
@@ -119,14 +119,22 @@ class AttentiveLayer(nn.Module):
         return shortcut * self.scale2 + x
 
 
-def _residual_conv(dim: int, kind: str) -> nn.Module:
+def _residual_conv(dim: int, kind: str) -> nn.Module | None:
+    """The conv after a group of layers; None for a ``resi_connection`` the official code builds no conv for."""
     if kind == "1conv":
         return nn.Conv2d(dim, dim, 3, 1, 1)
     if kind == "3conv":
         return nn.Sequential(nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
                              nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
                              nn.Conv2d(dim // 4, dim, 3, 1, 1))
-    raise ValueError(f"resi_connection {kind!r} is not '1conv' or '3conv'")
+    return None
+
+
+def _apply_residual_conv(conv: nn.Module | None, x: torch.Tensor, owner: str) -> torch.Tensor:
+    if conv is None:
+        raise NotImplementedError(f"{owner}: resi_connection is neither '1conv' nor '3conv', so the network has no "
+                                  "residual convolution and cannot run (the official code fails here too)")
+    return conv(x)
 
 
 class AttentiveStateSpaceGroup(nn.Module):
@@ -146,34 +154,45 @@ class AttentiveStateSpaceGroup(nn.Module):
         y = x
         for layer in self.residual_group.layers:
             y = layer(y, size, rpi)
-        return _to_tokens(self.conv(_to_map(y, *size))) + x
+        return _to_tokens(_apply_residual_conv(self.conv, _to_map(y, *size), "mambairv2")) + x
 
 
 class _MambaIRv2Base(nn.Module):
     """Shared body of MambaIRv2 and MambaIRv2-Light. Input (B, in_chans, H, W), any H and W."""
 
     light = False
-    _IGNORED = ("img_size", "patch_size", "patch_norm", "qkv_bias", "norm_layer", "use_checkpoint", "drop_rate",
-                "attn_drop_rate", "drop_path_rate", "type")
+    _IGNORED = ("norm_layer", "use_checkpoint", "drop_rate", "attn_drop_rate", "drop_path_rate", "type")
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=48, d_state=8, depths=(6, 6, 6, 6),
                  num_heads=(4, 4, 4, 4), window_size=16, inner_rank=32, num_tokens=64, convffn_kernel_size=5,
                  mlp_ratio=2.0, qkv_bias=True, ape=False, patch_norm=True, use_checkpoint=False, upscale=2,
                  img_range=1.0, upsampler="", resi_connection="1conv", routing="argmax", **extra):
         super().__init__()
+        # Whatever the official constructor builds, this builds too (warning where the official network
+        # would be unusual or fail later); it refuses only what the official constructor refuses.
         name = self.registry_name
         unknown = sorted(set(extra) - set(self._IGNORED))
         if unknown:
             warnings.warn(f"{name}: ignoring unknown argument(s) {unknown}", stacklevel=2)
-        if not qkv_bias or not patch_norm or ape or patch_size != 1:
-            raise NotImplementedError(f"{name}: only the released settings qkv_bias=True, patch_norm=True, "
-                                      "ape=False, patch_size=1 are implemented")
-        if upsampler not in UPSAMPLERS:
-            raise ValueError(f"{name}: upsampler {upsampler!r} is not one of {UPSAMPLERS}")
-        if len(depths) != len(num_heads):
-            raise ValueError(f"{name}: depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+        if len(num_heads) < len(depths):  # the official code reads num_heads[i] for every group
+            raise ValueError(f"{name}: num_heads {list(num_heads)} has fewer entries than depths {list(depths)}")
+        if len(num_heads) > len(depths):
+            warnings.warn(f"{name}: num_heads {list(num_heads)} is longer than depths {list(depths)}; the extra "
+                          "entries are ignored (as the official code does)", stacklevel=2)
+        num_heads = list(num_heads)[: len(depths)]
         if any(embed_dim % heads for heads in num_heads):
-            raise ValueError(f"{name}: embed_dim {embed_dim} is not divisible by every num_heads {list(num_heads)}")
+            warnings.warn(f"{name}: embed_dim {embed_dim} is not divisible by every num_heads {num_heads}; the "
+                          "window attention cannot run (as in the official code)", stacklevel=2)
+        if upsampler not in UPSAMPLERS:
+            warnings.warn(f"{name}: upsampler {upsampler!r} is not one of {UPSAMPLERS}; the official code builds and "
+                          "runs the denoising head ('') for it", stacklevel=2)
+            upsampler = ""
+        if resi_connection not in ("1conv", "3conv"):
+            warnings.warn(f"{name}: resi_connection {resi_connection!r} is not '1conv' or '3conv'; the official code "
+                          "builds no residual convolution for it and fails in forward, as this network will",
+                          stacklevel=2)
+        if upsampler == "nearest+conv" and int(upscale) != 4:  # an assertion of the official constructor
+            raise ValueError(f"{name}: upsampler 'nearest+conv' supports upscale 4 only, got {upscale}")
         self.img_range, self.upscale, self.upsampler = img_range, int(upscale), upsampler
         self.window_size = window_size
         self.input_channels = (int(in_chans),)
@@ -183,12 +202,18 @@ class _MambaIRv2Base(nn.Module):
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = nn.Module()
-        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        if patch_norm:
+            self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        if ape:  # absolute position embedding: one vector per token of an img_size input
+            ih, iw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, (ih // ph) * (iw // pw), embed_dim))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.layers = nn.ModuleList([
             AttentiveStateSpaceGroup(embed_dim, depth, resi_connection, window_size, d_state=d_state,
                                      num_heads=heads, inner_rank=inner_rank, num_tokens=num_tokens,
                                      convffn_kernel_size=convffn_kernel_size, mlp_ratio=mlp_ratio, light=self.light,
-                                     routing=routing)
+                                     routing=routing, qkv_bias=qkv_bias)
             for depth, heads in zip(depths, num_heads, strict=True)
         ])
         self.norm = nn.LayerNorm(embed_dim)
@@ -235,10 +260,21 @@ class _MambaIRv2Base(nn.Module):
 
     def forward_features(self, x):
         h, w = x.shape[-2:]
-        tokens = self.patch_embed.norm(_to_tokens(x))
+        tokens = _to_tokens(x)
+        if hasattr(self.patch_embed, "norm"):
+            tokens = self.patch_embed.norm(tokens)
+        if hasattr(self, "absolute_pos_embed"):
+            if tokens.shape[1] != self.absolute_pos_embed.shape[1]:
+                raise ValueError(f"{self.registry_name}: ape=True fixes the number of tokens to "
+                                 f"{self.absolute_pos_embed.shape[1]} (img_size / patch_size squared); the padded "
+                                 f"input {h}x{w} has {tokens.shape[1]}")
+            tokens = tokens + self.absolute_pos_embed
         for layer in self.layers:
             tokens = layer(tokens, (h, w), self.relative_position_index_SA)
         return _to_map(self.norm(tokens), h, w)
+
+    def _deep_features(self, x):
+        return _apply_residual_conv(self.conv_after_body, self.forward_features(x), self.registry_name)
 
     def forward(self, x):
         h0, w0 = x.shape[-2:]
@@ -251,20 +287,20 @@ class _MambaIRv2Base(nn.Module):
 
         if self.upsampler == "pixelshuffle":
             x = self.conv_first(x)
-            x = self.conv_after_body(self.forward_features(x)) + x
+            x = self._deep_features(x) + x
             x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         elif self.upsampler == "pixelshuffledirect":
             x = self.conv_first(x)
-            x = self.upsample(self.conv_after_body(self.forward_features(x)) + x)
+            x = self.upsample(self._deep_features(x) + x)
         elif self.upsampler == "nearest+conv":
             x = self.conv_first(x)
-            x = self.conv_before_upsample(self.conv_after_body(self.forward_features(x)) + x)
+            x = self.conv_before_upsample(self._deep_features(x) + x)
             x = F.leaky_relu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
             x = F.leaky_relu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
             x = self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
         else:
             first = self.conv_first(x)
-            x = x + self.conv_last(self.conv_after_body(self.forward_features(first)) + first)
+            x = x + self.conv_last(self._deep_features(first) + first)
 
         x = x / self.img_range + self.mean.to(x.dtype)
         return x[..., : h0 * self.upscale, : w0 * self.upscale]
@@ -316,6 +352,12 @@ def detect(sd: dict) -> tuple[str, dict] | None:
         "img_range": 1.0,
         "resi_connection": "3conv" if "layers.0.conv.0.weight" in sd else "1conv",
     }
+    if f"{first}wqkv.bias" not in sd:
+        args["qkv_bias"] = False
+    if "patch_embed.norm.weight" not in sd:
+        args["patch_norm"] = False
+    if "absolute_pos_embed" in sd:  # a square img_size is assumed (the official configs' img_size is an int)
+        args.update(ape=True, patch_size=1, img_size=int(round(sd["absolute_pos_embed"].shape[1] ** 0.5)))
     if not light:
         args["convffn_kernel_size"] = int(sd[f"{first}convffn1.dwconv.depthwise_conv.0.weight"].shape[-1])
     if "conv_up1.weight" in sd:

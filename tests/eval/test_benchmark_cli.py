@@ -238,3 +238,61 @@ def test_sixteen_bit_rgb_png_is_read_at_full_precision(tmp_path):
         png.Writer(6, 5, bitdepth=16, greyscale=False).write(f, deep.reshape(5, -1).tolist())
     img = read_image(tmp_path / "d.png")
     np.testing.assert_allclose(img.numpy().transpose(1, 2, 0), deep / 65535.0, atol=1e-7)
+
+
+def _yaml(path, cfg):
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_sr_paired_test_config_crops_the_ground_truth_to_scale_times_the_input(tmp_path):
+    # Set14/B100/Urban100 HR sizes are often not multiples of the scale: the official SRPairedDataset
+    # keeps img_gt[:h_lr*s, :w_lr*s], with s the ratio of the heights
+    from ssmir.data.benchmarks import benchmark_from_config
+
+    rng = np.random.default_rng(3)
+    _write(tmp_path / "hr.png", _rand_image(rng, 123, 157))
+    _write(tmp_path / "lr.png", _rand_image(rng, 61, 78))
+    (tmp_path / "gt.txt").write_text(f"{tmp_path / 'hr.png'}\n")
+    (tmp_path / "lq.txt").write_text(f"{tmp_path / 'lr.png'}\n")
+    args = {"gt_data_file": str(tmp_path / "gt.txt"), "lq_data_file": str(tmp_path / "lq.txt"), "phase": "test"}
+    cfg = {"test_dataset": {"dataset": {"name": "sr-paired-dataset", "args": args}}, "eval_y_only": True}
+    bench = benchmark_from_config(cfg, tmp_path, scale=2)
+    assert bench.samples[0].gt().shape == (3, 122, 156) and bench.convention.crop == 2
+    model = M.create("eamambasr", dim=8, num_blocks=[1], upscale=2, ffn_expansion_factor=1, mamba_cfg=CFG)
+    weights = save_model(model, tmp_path / "sr.safetensors")
+    config = _yaml(tmp_path / "t.yaml", cfg)
+    result = runner.invoke(app, ["test", "--weights", str(weights), "--test-config", str(config), "--scale", "2",
+                                 "--output", str(tmp_path / "res")])
+    assert result.exit_code == 0, result.output
+    # y_only (the official yRealSR configs): both images become 8-bit BT.601 Y before the network
+    cfg["test_dataset"]["dataset"]["args"]["y_only"] = True
+    y = benchmark_from_config(cfg, tmp_path, scale=2).samples[0].lq()
+    rgb = torch.from_numpy(np.asarray(Image.open(tmp_path / "lr.png"), dtype=np.float64)).permute(2, 0, 1)
+    want = torch.round(65.481 / 255 * rgb[0] + 128.553 / 255 * rgb[1] + 24.966 / 255 * rgb[2] + 16.0) / 255
+    assert y.shape == (1, 61, 78)
+    torch.testing.assert_close(y[0].double(), want, atol=1e-6, rtol=0)
+
+
+def test_eamamba_inputs_are_padded_to_8_before_the_ensemble(tmp_path):
+    # the official datasets reflect-pad every input (bottom/right) to a multiple of 8, and the x4 ensemble
+    # flips that padded image; the scan is global, so this changes every pixel of the output
+    from ssmir.data.benchmarks import Benchmark, Convention, Sample
+    from ssmir.eval.metrics import psnr
+    from ssmir.eval.tester import evaluate
+
+    torch.manual_seed(0)
+    model = M.create("eamambasr", dim=8, num_blocks=[1], upscale=2, ffn_expansion_factor=1, mamba_cfg=CFG).eval()
+    lq, gt = torch.rand(3, 13, 19), torch.rand(3, 26, 38)
+    bench = Benchmark("toy", "classic SR", Convention(), [Sample("a", lambda: gt, lambda: lq)])
+    rows, _ = evaluate(model, bench, ensemble=4, progress=False)
+    padded = F.pad(lq[None], (0, 5, 0, 3), mode="reflect")  # 16 x 24
+    with torch.no_grad():
+        flips = [(), (-1,), (-2,), (-2, -1)]
+        pred = sum(model(padded.flip(d) if d else padded).flip(d) if d else model(padded) for d in flips) / 4
+    want = psnr(pred[0, :, :26, :38].clamp(0, 1), gt)
+    assert rows[0]["psnr"] == pytest.approx(want, abs=1e-6)
+    unpadded = model(lq[None]).detach()  # what a model without the official padding gives
+    assert abs(psnr(unpadded[0].clamp(0, 1), gt) - want) > 1e-4

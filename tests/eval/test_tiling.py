@@ -56,3 +56,35 @@ def test_self_ensemble_averages_over_the_transforms():
     torch.testing.assert_close(out, (ramp + ramp.flip(-1)).expand(1, 1, 8, 8) / 2)
     with pytest.raises(ValueError, match="1, 4 or 8"):
         self_ensemble(lambda v: v, torch.zeros(1, 1, 4, 4), mode=2)
+
+
+# crop 40 recurses (the official recursion passes scale 1, so it is for same-size outputs)
+@pytest.mark.parametrize("size,crop,scale", [((40, 56), 2048, 1), ((72, 48), 2048, 1), ((40, 56), 2048, 2),
+                                             ((72, 48), 2048, 3), ((72, 88), 40, 1)])
+def test_quadrant_split_of_a_pointwise_function_is_the_function(size, crop, scale):
+    # a pointwise function gives the same value whichever quadrant computes a pixel: the quadrant
+    # geometry (cut points, overlaps, the corner each output takes) must rebuild the whole image
+    from ssmir.eval.tiling import quadrant_forward
+
+    x = torch.rand(1, 2, *size)
+
+    def fn(t):
+        return torch.nn.functional.interpolate(t * 2 - 0.5, scale_factor=scale, mode="nearest")
+
+    torch.testing.assert_close(quadrant_forward(fn, x, crop_size=crop, scale=scale), fn(x))
+
+
+def test_quadrant_split_runs_each_quadrant_separately():
+    from ssmir.eval.tiling import quadrant_forward
+
+    calls = []
+
+    def fn(t):
+        calls.append(tuple(t.shape[-2:]))
+        return t - t.mean()  # depends on the whole chop: the result differs from fn(x)
+
+    x = torch.rand(1, 1, 40, 56)
+    out = quadrant_forward(fn, x, crop_size=2048)
+    # cut points as the official forward_patch: h//2 + 16 - (h//2 % 8) rows on top, the same from the bottom
+    assert calls == [(32, 40)] * 4  # 40 rows: 20 + 16 - 20 % 8 = 32; 56 columns: 28 + 16 - 4 = 40
+    assert out.shape == x.shape and not torch.allclose(out, fn(x))

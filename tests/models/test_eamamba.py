@@ -77,12 +77,42 @@ def test_channel_mixers_and_norms(mixer, norm):
         assert model(torch.rand(2, 3, 16, 16)).shape == (2, 3, 16, 16)
 
 
-def test_norm_spellings_agree_or_raise():
+def test_norm_spellings_both_honoured_and_disagreement_follows_the_official_argument():
     a = small_unet(layernorm_type="BiasFree")
     b = small_unet(LayerNorm_type="BiasFree")
     assert a.state_dict().keys() == b.state_dict().keys()
-    with pytest.raises(ValueError, match="disagree"):
-        small_unet(layernorm_type="BiasFree", LayerNorm_type="WithBias")
+    with pytest.warns(UserWarning, match="disagree"):
+        c = small_unet(layernorm_type="BiasFree", LayerNorm_type="WithBias")
+    assert c.state_dict().keys() == a.state_dict().keys()  # the official constructor reads layernorm_type
+    with pytest.warns(UserWarning, match="WithBias norm"):
+        d = small_unet(layernorm_type="Foo")  # the official LayerNorm: anything but 'BiasFree' has a bias
+    assert "encoder_level1.0.norm1.body.bias" in d.state_dict()
+
+
+def test_bias_true_follows_the_official_layers():
+    # OverlapPatchEmbed(inp_channels, dim) never passes `bias`; every other bias-taking conv does
+    keys = small_unet(bias=True).state_dict()
+    assert "patch_embed.proj.bias" not in keys
+    for name in ("reduce_chan_level3", "reduce_chan_level2", "output", "encoder_level1.0.ffn.project_in"):
+        assert f"{name}.bias" in keys
+    assert "skip_conv.bias" in small_unet(bias=True, dual_pixel_task=True, inp_channels=6).state_dict()
+    sr = M.create("eamambasr", dim=8, num_blocks=[1], bias=True, mamba_cfg=SMALL_CFG).state_dict()
+    assert {"conv_first.bias", "conv_after_body.bias", "conv_last.bias"} <= set(sr)
+
+
+def test_what_the_official_constructor_accepts_builds():
+    with pytest.warns(UserWarning, match="more than 4 entries"):
+        five = small_unet(num_blocks=[1, 1, 1, 1, 2])
+    assert five.state_dict().keys() == small_unet().state_dict().keys()
+    with pytest.raises(ValueError, match="4 entries"):  # the official code fails with an IndexError
+        small_unet(num_blocks=[1, 1, 1])
+    for p in (-1.0, 1.5):  # the first ceil(p * n) blocks are checkpointed, as in the official code
+        small_unet(checkpoint_percentage=p)
+    with pytest.warns(UserWarning, match="not divisible by scan_count"):
+        odd = small_unet(mamba_cfg=dict(SMALL_CFG, scan_count=4, expand=1.125))  # 18 inner channels, 4 heads
+    assert odd.state_dict()["encoder_level1.0.mamba.x_proj_weight"].shape[-1] == 4  # 18 // 4, as the official
+    with pytest.raises(ValueError, match="does not split"):
+        odd(torch.rand(1, 3, 8, 8))
 
 
 def test_conv1d_and_disabled_gate():
@@ -144,7 +174,7 @@ def test_run_model_scales_sr_output():
 def test_unknown_arguments_warn_and_bad_config_raises():
     with pytest.warns(UserWarning, match="bogus"):
         small_unet(bogus=1)
-    with pytest.raises(ValueError, match="mamba_cfg: unknown key"):
+    with pytest.warns(UserWarning, match="mamba_cfg: ignoring unknown key"):  # the official **kwargs ignore them
         small_unet(mamba_cfg=dict(SMALL_CFG, scan_typo="x"))
     with pytest.raises(ValueError, match="channel_mixer_type"):
         small_unet(channel_mixer_type="MLP")

@@ -107,3 +107,48 @@ def test_zoo_entry_supplies_args_for_a_plain_state_dict(tmp_path):
     torch.save(model.state_dict(), path)
     loaded = load_model(path, name=entry.name)
     assert loaded.ssmir_config["args"]["upscale"] == 2
+
+
+@pytest.mark.parametrize("name", ["mambairv2", "mambairv2light"])
+def test_what_the_official_constructor_accepts_builds(name):
+    # the official classes read num_heads[i] for each group and ignore the rest
+    with pytest.warns(UserWarning, match="longer than depths"):
+        model = M.create(name, upscale=2, upsampler="pixelshuffle", **dict(SMALL, depths=[1], num_heads=[2, 2]))
+    assert len(model.layers) == 1
+    with pytest.raises(ValueError, match="fewer entries"):  # the official code fails with an IndexError
+        M.create(name, **dict(SMALL, depths=[1, 1], num_heads=[2]))
+    # an unknown upsampler gets the official else-branch: the denoising head
+    with pytest.warns(UserWarning, match="denoising head"):
+        model = M.create(name, upscale=2, upsampler="bogus", **SMALL).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+    # a resi_connection without a conv builds (as the official constructor does) and fails clearly in forward
+    with pytest.warns(UserWarning, match="resi_connection"):
+        model = M.create(name, upscale=1, upsampler="", resi_connection="2conv", **SMALL)
+    assert not any(k.startswith("conv_after_body") for k in model.state_dict())
+    with pytest.raises(NotImplementedError, match="resi_connection"):
+        model(torch.rand(1, 3, 8, 8))
+    with pytest.warns(UserWarning, match="not divisible"):
+        model = M.create(name, upscale=1, upsampler="", **dict(SMALL, embed_dim=26, num_heads=[4, 4]))
+    with pytest.raises(ValueError, match="do not split into 4 heads"):
+        model(torch.rand(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("option,missing,extra", [
+    (dict(qkv_bias=False), "layers.0.residual_group.layers.0.wqkv.bias", None),
+    (dict(patch_norm=False), "patch_embed.norm.weight", None),
+    (dict(ape=True), None, "absolute_pos_embed"),
+])
+def test_non_default_official_options_build_run_and_are_detected(option, missing, extra):
+    model = M.create("mambairv2light", upscale=2, upsampler="pixelshuffledirect", **dict(SMALL, **option)).eval()
+    sd = model.state_dict()
+    assert missing is None or missing not in sd
+    assert extra is None or sd[extra].shape == (1, 32 * 32, 24)  # one vector per token of an img_size input
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3, 64, 64)
+    name, args = detect(sd)
+    rebuilt = M.create(name, **args)
+    rebuilt.load_state_dict(sd, strict=True)
+    if option.get("ape"):
+        with pytest.raises(ValueError, match="ape=True"):
+            model(torch.rand(1, 3, 16, 16))
