@@ -19,6 +19,7 @@ from ssmir.layers.assm import AttentiveStateSpace
 from ssmir.layers.resample import PixelShuffleUpscale
 from ssmir.layers.window_attention import (
     WindowAttention,
+    masked_windows,
     relative_position_index,
     shifted_window_mask,
     window_partition,
@@ -101,11 +102,12 @@ class AttentiveLayer(nn.Module):
 
         shortcut = x
         qkv = self.wqkv(self.norm1(x)).reshape(b, h, w, 3 * c)
-        mask = None
+        mask = windows = None
         if shift > 0:
             qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
             mask = shifted_window_mask(h, w, ws).to(x.device, x.dtype)
-        attn = self.win_mhsa(window_partition(qkv, ws), rpi, mask)
+            windows = tuple(i.to(x.device) for i in masked_windows(h, w, ws))
+        attn = self.win_mhsa(window_partition(qkv, ws), rpi, mask, windows)
         attn = window_reverse(attn, ws, h, w)
         if shift > 0:
             attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))

@@ -1,15 +1,22 @@
 """Compiled CPU kernels (numba) for the selective scan, forward and backward.
 
-The state of each channel lives in a small local array while the sequence is read once.
-Both passes are called once per time block with ``exp(dt * A)`` precomputed by torch's vectorised exp
-(the compiled loops then only multiply and add). The forward pass (``scan_forward_chunk``) stores the
-state at the start of every ``chunk`` steps; the backward pass (``scan_backward_block``, blocks last to
-first) recomputes each chunk from its stored state and walks it in reverse, so the memory kept
-between the two passes is ``(B, D, L / chunk, N)``, a fraction of the inputs.
+One pass over the sequence per call: ``exp(dt * A)``, the recurrence, ``C . h`` and the ``D * u`` skip are
+computed together, with the state of each channel in a small local array and ``exp(dt * A)`` computed a block
+of steps at a time into a small buffer; the loops over the N states become SIMD code. float32 uses an inline
+``exp`` that vectorises (Cody-Waite range reduction, a degree-6 polynomial, the exponent written into the
+float's bits: within 5e-7 relative of libm); float64 uses libm's ``exp`` (for gradcheck).
+The step ``dt`` (after bias and softplus) and the z gate are computed by PyTorch around these kernels, as
+vectorised (B, D, L) operations.
 
-Array layouts (time slices of C-contiguous arrays, one float dtype, float32 or float64):
-    u, delta, z, dy: (B, D, L)      A: (D, N)      D, delta_bias: (D,)
-    Bt, Ct: (B, G, L, N)  -- B and C with time before state, so the inner loop is contiguous
+The forward pass (``scan_forward``) stores the state at the start of every ``chunk`` steps; the backward pass
+(``scan_backward``) walks the chunks from the last to the first, recomputes each chunk's states and
+``exp(dt * A)`` from its stored state into small buffers and runs the adjoint recurrence through it, so the
+memory kept between the two passes is ``(B, D, L / chunk, N)``.
+
+Array layouts (C-contiguous, one float dtype, float32 or float64):
+    u, dt, y, dy: (B, D, L)      A: (D, N)      D: (D,)      B, C: (B, G, N, L)
+B and C are copied a block of steps at a time into small (steps, N) buffers, time before state, so that the
+loops over the states read contiguous memory; every channel of the group uses the block from the L1 cache.
 """
 
 from __future__ import annotations
@@ -18,25 +25,118 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact in 9 bits
+_P2, _P3, _P4, _P5, _P6 = (np.float32(1.0 / math.factorial(k)) for k in range(2, 7))
+
+
+@intrinsic
+def _int32_bits_as_float32(typingctx, bits):
+    """Reinterpret an int32 as the float32 with the same bits (free: a register move)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", fastmath=True, cache=True)
+def _exp_f32(x):
+    # exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (Cody-Waite, ln 2 in two
+    # parts so that k * hi is exact); exp(r) by its degree-6 Taylor polynomial; 2^k written into the exponent
+    x = min(max(x, np.float32(-87.3)), np.float32(88.0))  # below exp(-87.3) the state has long decayed
+    k = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - k * _LN2_HI
+    r = r - k * _LN2_LO
+    p = np.float32(1.0) + r * (np.float32(1.0) + r * (_P2 + r * (_P3 + r * (_P4 + r * (_P5 + r * _P6)))))
+    return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+def fast_exp(x):
+    """exp(x): the vectorisable float32 version for float32, libm for float64."""
+    return math.exp(x)
+
+
+@overload(fast_exp, inline="always")
+def _fast_exp_overload(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def scan_backward_block(u, dt, dt_scale, dA, A, Bt, Ct, Dv, z, has_z, chunk, h_ckpt, dy, parts, g_carry,
-                        du, ddelta, dz, dA_acc, dD, ddbias, dB_parts, dC_parts):
-    """Gradients of the scan over one time block, walked backwards; blocks are called last to first.
+def scan_forward(u, dt, A, B, C, Dv, chunk, store_ckpt, parts, y, h_last, h_ckpt):
+    """y = C . h + D * u over the whole sequence; ``h_last`` (B, D, N) gets the last state and, if
+    ``store_ckpt``, ``h_ckpt`` (B, D, ceil(L / chunk), N) the state before every ``chunk``-th step.
 
-    The block's slices (T steps, T a multiple of ``chunk`` except for the last block): ``u``, ``dt`` (the
-    step after bias and softplus), ``dt_scale`` (d dt / d delta), ``z``, ``dy`` and the outputs ``du``,
-    ``ddelta``, ``dz`` are (B, D, T); ``dA = exp(dt * A)`` is (B, D, T, N), precomputed by torch's vectorised
-    exp; ``h_ckpt`` (B, D, T / chunk, N) holds the state at the start of each chunk of the block.
-    ``g_carry`` (B, D, N) is dLoss/dh at the block's end, updated to its start. Work is split into
-    ``(B, G, parts)`` tasks; each owns a slice of the channels of one group and adds its share of dB/dC to
-    ``dB_parts``/``dC_parts`` (B, G, parts, T, N), summed by the caller. ``dA_acc`` (B, D, N), ``dD`` and
-    ``ddbias`` (B, D) are float64 sums over time that each task adds to in rows it alone owns.
+    Work is split into ``(B, G, parts)`` tasks, each a slice of the channels of one group. Time is walked in
+    blocks of ``chunk`` steps and every channel of the task runs through a block before the next block, so a
+    block of B and C (shared by the group) is read from memory once and then from the L1 cache. Per channel
+    and block, ``exp(dt * A)`` is computed first (independent lanes), then the recurrence.
     """
-    nb, nd, T = u.shape
+    nb, nd, L = u.shape
     N = A.shape[1]
-    G = Bt.shape[1]
+    G = B.shape[1]
+    dpg = nd // G
+    for task in numba.prange(nb * G * parts):
+        bi = task // (G * parts)
+        rest = task % (G * parts)
+        gi = rest // parts
+        p = rest % parts
+        d_start = gi * dpg + (p * dpg) // parts
+        d_stop = gi * dpg + ((p + 1) * dpg) // parts
+        hs = np.zeros((d_stop - d_start, N), dtype=u.dtype)
+        e = np.empty((chunk, N), dtype=u.dtype)  # e[j, n] = exp(dt[t0 + j] * A[n])
+        bb = np.empty((chunk, N), dtype=u.dtype)  # the block of B and C, time before state
+        cb = np.empty((chunk, N), dtype=u.dtype)
+        for t0 in range(0, L, chunk):
+            t1 = min(L, t0 + chunk)
+            for n in range(N):
+                for j in range(t1 - t0):
+                    bb[j, n] = B[bi, gi, n, t0 + j]
+                    cb[j, n] = C[bi, gi, n, t0 + j]
+            for di in range(d_start, d_stop):
+                h = hs[di - d_start]
+                if store_ckpt:
+                    for n in range(N):
+                        h_ckpt[bi, di, t0 // chunk, n] = h[n]
+                for j in range(t1 - t0):
+                    dtj = dt[bi, di, t0 + j]
+                    for n in range(N):
+                        e[j, n] = fast_exp(dtj * A[di, n])
+                d_skip = Dv[di]
+                for t in range(t0, t1):
+                    j = t - t0
+                    ut = u[bi, di, t]
+                    dtu = dt[bi, di, t] * ut
+                    acc = dtu * 0
+                    for n in range(N):
+                        hn = e[j, n] * h[n] + dtu * bb[j, n]
+                        h[n] = hn
+                        acc += cb[j, n] * hn
+                    y[bi, di, t] = acc + d_skip * ut
+        for di in range(d_start, d_stop):
+            for n in range(N):
+                h_last[bi, di, n] = hs[di - d_start, n]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc, dD, dB_parts, dC_parts):
+    """Gradients of ``scan_forward`` with respect to u, dt, A, B, C and D, walking the sequence backwards.
+
+    Tasks as in ``scan_forward``; each writes its share of dB/dC to ``dB_parts``/``dC_parts`` (B, G, parts, N, L),
+    which the caller sums. ``dA_acc`` (B, D, N) and ``dD`` (B, D) are float64 sums over
+    time, one row per channel. Chunks are walked from the last to the first; in each, every channel of the
+    task recomputes its states and ``exp(dt * A)`` from the stored state, then runs the adjoint recurrence.
+    """
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    G = B.shape[1]
     dpg = nd // G
     n_chunks = h_ckpt.shape[2]
     for task in numba.prange(nb * G * parts):
@@ -47,90 +147,66 @@ def scan_backward_block(u, dt, dt_scale, dA, A, Bt, Ct, Dv, z, has_z, chunk, h_c
         d_start = gi * dpg + (p * dpg) // parts
         d_stop = gi * dpg + ((p + 1) * dpg) // parts
         h_buf = np.empty((chunk + 1, N), dtype=u.dtype)  # h_buf[j] = state before step t0 + j
-        for di in range(d_start, d_stop):
-            a = A[di]
-            d_skip = Dv[di]
-            g = g_carry[bi, di]  # dLoss / dh_t, carried backwards in time
-            dA_row = dA_acc[bi, di]
-            dD_acc = 0.0
-            dbias_acc = 0.0
-            for c in range(n_chunks - 1, -1, -1):
-                t0 = c * chunk
-                t1 = min(T, t0 + chunk)
+        e_buf = np.empty((chunk, N), dtype=u.dtype)  # e_buf[j, n] = exp(dt[t0 + j] * A[n])
+        gs = np.zeros((d_stop - d_start, N), dtype=u.dtype)  # dLoss / dh_t per channel, carried backwards
+        dA_rows = np.zeros((d_stop - d_start, N), dtype=np.float64)
+        dD_rows = np.zeros(d_stop - d_start, dtype=np.float64)
+        bb = np.empty((chunk, N), dtype=u.dtype)  # the chunk of B and C, time before state
+        cb = np.empty((chunk, N), dtype=u.dtype)
+        dbb = np.empty((chunk, N), dtype=u.dtype)  # the task's dB and dC over the chunk
+        dcb = np.empty((chunk, N), dtype=u.dtype)
+        for c in range(n_chunks - 1, -1, -1):
+            t0 = c * chunk
+            t1 = min(L, t0 + chunk)
+            for n in range(N):
+                for j in range(t1 - t0):
+                    bb[j, n] = B[bi, gi, n, t0 + j]
+                    cb[j, n] = C[bi, gi, n, t0 + j]
+                    dbb[j, n] = 0.0
+                    dcb[j, n] = 0.0
+            for di in range(d_start, d_stop):
+                g = gs[di - d_start]
+                dA_row = dA_rows[di - d_start]
+                d_skip = Dv[di]
+                dD_acc = 0.0
                 for n in range(N):
                     h_buf[0, n] = h_ckpt[bi, di, c, n]
+                for j in range(t1 - t0):
+                    dtj = dt[bi, di, t0 + j]
+                    for n in range(N):
+                        e_buf[j, n] = fast_exp(dtj * A[di, n])
                 for t in range(t0, t1):
                     j = t - t0
                     dtu = dt[bi, di, t] * u[bi, di, t]
                     for n in range(N):
-                        h_buf[j + 1, n] = dA[bi, di, t, n] * h_buf[j, n] + dtu * Bt[bi, gi, t, n]
+                        h_buf[j + 1, n] = e_buf[j, n] * h_buf[j, n] + dtu * bb[j, n]
                 for t in range(t1 - 1, t0 - 1, -1):
                     j = t - t0
                     dtt = dt[bi, di, t]
                     ut = u[bi, di, t]
                     dyt = dy[bi, di, t]
-                    if has_z:
-                        y0 = d_skip * ut
-                        for n in range(N):
-                            y0 += Ct[bi, gi, t, n] * h_buf[j + 1, n]
-                        zt = z[bi, di, t]
-                        sig = 1.0 / (1.0 + math.exp(-zt))
-                        dz[bi, di, t] = dyt * y0 * sig * (1.0 + zt * (1.0 - sig))
-                        dy0 = dyt * zt * sig
-                    else:
-                        dy0 = dyt
-                    dD_acc += dy0 * ut
-                    du_t = dy0 * d_skip
-                    ddt = 0.0
+                    dD_acc += dyt * ut
+                    du_t = dyt * d_skip
+                    ddt_t = dyt * 0
                     for n in range(N):
-                        b_tn = Bt[bi, gi, t, n]
-                        dC_parts[bi, gi, p, t, n] += dy0 * h_buf[j + 1, n]
-                        gn = g[n] + dy0 * Ct[bi, gi, t, n]
-                        e = dA[bi, di, t, n]
+                        b_tn = bb[j, n]
+                        dcb[j, n] += dyt * h_buf[j + 1, n]
+                        gn = g[n] + dyt * cb[j, n]
+                        e = e_buf[j, n]
                         gd = gn * h_buf[j, n] * e  # dLoss / d(dt * A[n])
-                        ddt += gd * a[n] + gn * b_tn * ut
+                        ddt_t += gd * A[di, n] + gn * b_tn * ut
                         dA_row[n] += gd * dtt
-                        dB_parts[bi, gi, p, t, n] += gn * dtt * ut
+                        dbb[j, n] += gn * dtt * ut
                         du_t += gn * dtt * b_tn
                         g[n] = gn * e
                     du[bi, di, t] = du_t
-                    ddt = ddt * dt_scale[bi, di, t]
-                    ddelta[bi, di, t] = ddt
-                    dbias_acc += ddt
-            dD[bi, di] += dD_acc
-            ddbias[bi, di] += dbias_acc
-
-
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def scan_forward_chunk(u, dt, dA, Bt, Ct, Dv, z, has_z, t0, ckpt_every, y, h, h_ckpt):
-    """Forward over one time chunk with ``dt`` (B, D, T) and ``dA = exp(dt * A)`` (B, D, T, N) precomputed.
-
-    ``u``, ``z``, ``y`` are the chunk's (B, D, T) slices; ``h`` (B, D, N) carries the state in and out;
-    the state before every global step ``t0 + j`` divisible by ``ckpt_every`` goes to ``h_ckpt``.
-    """
-    nb, nd, T = u.shape
-    N = dA.shape[3]
-    G = Bt.shape[1]
-    dpg = nd // G
-    for task in numba.prange(nb * nd):
-        bi = task // nd
-        di = task % nd
-        gi = di // dpg
-        hs = h[bi, di]
-        d_skip = Dv[di]
-        for j in range(T):
-            t = t0 + j
-            if t % ckpt_every == 0:
-                h_ckpt[bi, di, t // ckpt_every, :] = hs
-            ut = u[bi, di, j]
-            dtu = dt[bi, di, j] * ut
-            acc = dtu * 0
+                    ddt[bi, di, t] = ddt_t
+                dD_rows[di - d_start] += dD_acc
             for n in range(N):
-                hn = dA[bi, di, j, n] * hs[n] + dtu * Bt[bi, gi, j, n]
-                hs[n] = hn
-                acc += Ct[bi, gi, j, n] * hn
-            yt = acc + d_skip * ut
-            if has_z:
-                zt = z[bi, di, j]
-                yt = yt * zt / (1.0 + math.exp(-zt))
-            y[bi, di, j] = yt
+                for j in range(t1 - t0):
+                    dB_parts[bi, gi, p, n, t0 + j] = dbb[j, n]
+                    dC_parts[bi, gi, p, n, t0 + j] = dcb[j, n]
+        for di in range(d_start, d_stop):
+            for n in range(N):
+                dA_acc[bi, di, n] = dA_rows[di - d_start, n]
+            dD[bi, di] = dD_rows[di - d_start]

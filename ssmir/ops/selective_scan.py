@@ -25,10 +25,12 @@ Backends (``backend=`` argument, else the ``SSMIR_SCAN_BACKEND`` environment var
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -204,7 +206,6 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 # --------------------------------------------------------------------------- numba (compiled CPU)
 
 _NUMBA_CHUNK = 64  # steps between stored states (backward recomputes from them)
-_NUMBA_FWD_CHUNK = 1024  # steps whose exp(dt * A) is computed at once (forward and backward)
 
 
 @functools.lru_cache(maxsize=1)
@@ -230,97 +231,70 @@ def _set_numba_threads():
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
+def _numba_parts(nb: int, groups: int, nd: int) -> int:
+    """Channel slices per group, so that the kernels have at least two tasks per thread."""
+    return max(1, min(nd // groups, math.ceil(2 * torch.get_num_threads() / (nb * groups))))
+
+
 class _NumbaScan(torch.autograd.Function):
+    """y = C . h + D * u with h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, for a step ``dt`` already through bias
+    and softplus. u, dt (B, D, L); A (D, N); B, C (B, G, N, L); D (D,); all contiguous, one dtype."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def forward(ctx, u, dt, A, B, C, D):
         k = _numba_kernels()
         _set_numba_threads()
         nb, nd, L = u.shape
         N = A.shape[1]
-        Bt = B.transpose(-1, -2).contiguous()  # (batch, G, L, N)
-        Ct = C.transpose(-1, -2).contiguous()
+        need_grad = any(ctx.needs_input_grad)
+        parts = _numba_parts(nb, B.shape[1], nd)
         y = torch.empty_like(u)
-        h_ckpt = u.new_empty(nb, nd, max(1, math.ceil(L / _NUMBA_CHUNK)), N)
-        has_z = z is not None
-        z_arr = z if has_z else u.new_zeros(1, 1, 1)
-        # exp(dt * A) is computed by torch's vectorised exp, a time chunk at a time so that the
-        # (B, D, T, N) buffer stays small; the compiled loop then only multiplies and adds.
-        h = u.new_zeros(nb, nd, N)  # carried across chunks; the last state at the end
-        step = _NUMBA_FWD_CHUNK
-        for t0 in range(0, L, step):
-            sl = slice(t0, min(L, t0 + step))
-            dt = delta[..., sl] + delta_bias[:, None]
-            if delta_softplus:
-                dt = F.softplus(dt)
-            dA = torch.exp(dt[..., None] * A[:, None, :])
-            k.scan_forward_chunk(u[..., sl].numpy(), dt.numpy(), dA.numpy(), Bt[:, :, sl].numpy(),
-                                 Ct[:, :, sl].numpy(), D.numpy(), z_arr[..., sl].numpy() if has_z else z_arr.numpy(),
-                                 has_z, t0, _NUMBA_CHUNK, y[..., sl].numpy(), h.numpy(), h_ckpt.numpy())
-        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z_arr, delta_bias, h_ckpt)
-        ctx.flags = (delta_softplus, has_z)
-        ctx.mark_non_differentiable(h)
-        return y, h
+        h_last = u.new_empty(nb, nd, N)
+        h_ckpt = u.new_empty(nb, nd, max(1, math.ceil(L / _NUMBA_CHUNK)) if need_grad else 1, N)
+        k.scan_forward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _NUMBA_CHUNK,
+                       need_grad, parts, y.numpy(), h_last.numpy(), h_ckpt.numpy())
+        ctx.save_for_backward(u, dt, A, B, C, D, h_ckpt)
+        ctx.mark_non_differentiable(h_last)
+        return y, h_last
 
     @staticmethod
     def backward(ctx, dy, _dh_last):
         k = _numba_kernels()
         _set_numba_threads()
-        u, delta, A, Bt, Ct, D, z_arr, delta_bias, h_ckpt = ctx.saved_tensors
-        delta_softplus, has_z = ctx.flags
+        u, dt, A, B, C, D, h_ckpt = ctx.saved_tensors
         nb, nd, L = u.shape
-        G = Bt.shape[1]
-        dpg = nd // G
-        parts = max(1, min(dpg, math.ceil(2 * torch.get_num_threads() / (nb * G))))
-        dy = dy.contiguous()
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(u)
-        dz = torch.empty_like(u) if has_z else u.new_zeros(1, 1, 1)
-        g = u.new_zeros(nb, nd, A.shape[1])  # dLoss / dh, carried from the last block to the first
-        dA = torch.zeros(nb, *A.shape, dtype=torch.float64)
-        dD = torch.zeros(nb, nd, dtype=torch.float64)
-        ddbias = torch.zeros(nb, nd, dtype=torch.float64)
-        dB_parts = u.new_zeros(nb, G, parts, L, A.shape[1])
-        dC_parts = u.new_zeros(nb, G, parts, L, A.shape[1])
-        step = _NUMBA_FWD_CHUNK  # a multiple of _NUMBA_CHUNK: blocks start at stored states
-        for t0 in reversed(range(0, L, step)):
-            sl = slice(t0, min(L, t0 + step))
-            x = delta[..., sl] + delta_bias[:, None]
-            if delta_softplus:  # d softplus / dx = sigmoid(x)
-                dt, dt_scale = F.softplus(x), torch.sigmoid(x)
-            else:
-                dt, dt_scale = x, torch.ones_like(x)
-            dA_exp = torch.exp(dt[..., None] * A[:, None, :])
-            ck = slice(t0 // _NUMBA_CHUNK, math.ceil(sl.stop / _NUMBA_CHUNK))
-            k.scan_backward_block(u[..., sl].numpy(), dt.numpy(), dt_scale.numpy(), dA_exp.numpy(), A.numpy(),
-                                  Bt[:, :, sl].numpy(), Ct[:, :, sl].numpy(), D.numpy(),
-                                  z_arr[..., sl].numpy() if has_z else z_arr.numpy(), has_z, _NUMBA_CHUNK,
-                                  h_ckpt[:, :, ck].numpy(), dy[..., sl].numpy(), parts, g.numpy(),
-                                  du[..., sl].numpy(), ddelta[..., sl].numpy(),
-                                  dz[..., sl].numpy() if has_z else dz.numpy(), dA.numpy(), dD.numpy(),
-                                  ddbias.numpy(), dB_parts[:, :, :, sl].numpy(), dC_parts[:, :, :, sl].numpy())
-        dB = dB_parts.sum(2).transpose(-1, -2)  # (batch, G, N, L)
-        dC = dC_parts.sum(2).transpose(-1, -2)
-        return (du, ddelta, dA.sum(0).to(u.dtype), dB, dC, dD.sum(0).to(u.dtype),
-                dz if has_z else None, ddbias.sum(0).to(u.dtype), None)
+        G, N = B.shape[1], A.shape[1]
+        parts = _numba_parts(nb, G, nd)
+        du, ddt = torch.empty_like(u), torch.empty_like(u)
+        dA = torch.empty(nb, nd, N, dtype=torch.float64)
+        dD = torch.empty(nb, nd, dtype=torch.float64)
+        dB_parts = u.new_empty(nb, G, parts, N, L)
+        dC_parts = u.new_empty(nb, G, parts, N, L)
+        k.scan_backward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _NUMBA_CHUNK,
+                        h_ckpt.numpy(), dy.contiguous().numpy(), parts, du.numpy(), ddt.numpy(), dA.numpy(),
+                        dD.numpy(), dB_parts.numpy(), dC_parts.numpy())
+        return du, ddt, dA.sum(0).to(u.dtype), dB_parts.sum(2), dC_parts.sum(2), dD.sum(0).to(u.dtype)
 
 
 def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False):
-    """Compiled CPU scan (numba); differentiable in every tensor argument except the last state."""
+    """Compiled CPU scan (numba); differentiable in every tensor argument except the last state.
+
+    The step (bias, softplus) and the z gate are vectorised PyTorch operations around the compiled scan,
+    so autograd differentiates them; the kernel computes ``exp(dt * A)`` itself (``ssmir.ops._numba_scan``).
+    """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if u.device.type != "cpu":
         raise ValueError(f"selective_scan: the numba backend runs on CPU tensors, got {u.device}")
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     nd = u.shape[1]
-    args = [
-        u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct).contiguous(),
-        *(t.to(ct).contiguous() for t in _grouped_pair(B, C, u)),
-        (D if D is not None else u.new_zeros(nd)).to(ct).contiguous(),
-        None if z is None else z.to(ct).contiguous(),
-        (delta_bias if delta_bias is not None else u.new_zeros(nd)).to(ct).contiguous(),
-    ]
-    y, h_last = _NumbaScan.apply(*args, bool(delta_softplus))
+    dt = _prepare_delta(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+    Bg, Cg = (t.to(ct).contiguous() for t in _grouped_pair(B, C, u))  # (B, G, N, L)
+    y, h_last = _NumbaScan.apply(u.to(ct).contiguous(), dt.contiguous(), A.to(ct).contiguous(), Bg, Cg,
+                                 (D if D is not None else u.new_zeros(nd)).to(ct).contiguous())
+    if z is not None:
+        y = y * F.silu(z.to(ct))
     y = y.to(dtype_in)
     return (y, h_last) if return_last_state else y
 
@@ -401,6 +375,30 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 FLOP_RECORDER: contextvars.ContextVar = contextvars.ContextVar("ssmir_scan_flop_recorder", default=None)
 
 
+class ScanClock:
+    """Wall-clock seconds and calls spent in ``selective_scan`` while ``timing_scans()`` is active."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.seconds, self.calls = 0.0, 0
+
+
+_SCAN_CLOCK: contextvars.ContextVar = contextvars.ContextVar("ssmir_scan_clock", default=None)
+
+
+@contextlib.contextmanager
+def timing_scans():
+    """Time every ``selective_scan`` call in the block (benchmarks): ``with timing_scans() as clock: ...``."""
+    clock = ScanClock()
+    token = _SCAN_CLOCK.set(clock)
+    try:
+        yield clock
+    finally:
+        _SCAN_CLOCK.reset(token)
+
+
 def scan_flops(batch: int, dim: int, length: int, state: int) -> int:
     """The official profiler's count for one scan: 9*B*L*D*N + B*D*L (the D skip; z and softplus ignored)."""
     return 9 * batch * length * dim * state + batch * dim * length
@@ -455,5 +453,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if recorder is not None:
         recorder(scan_flops(u.shape[0], u.shape[1], u.shape[2], A.shape[1]))
     impl = _selective_scan_meta if u.device.type == "meta" else _IMPLS[resolve_backend(u.device, backend)]
-    return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                return_last_state=return_last_state)
+    clock = _SCAN_CLOCK.get()
+    if clock is not None:
+        if u.device.type == "cuda":
+            torch.cuda.synchronize(u.device)
+        start = time.perf_counter()
+    out = impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+               return_last_state=return_last_state)
+    if clock is not None:
+        if u.device.type == "cuda":
+            torch.cuda.synchronize(u.device)
+        clock.seconds += time.perf_counter() - start
+        clock.calls += 1
+    return out

@@ -152,3 +152,38 @@ def test_non_default_official_options_build_run_and_are_detected(option, missing
     if option.get("ape"):
         with pytest.raises(ValueError, match="ape=True"):
             model(torch.rand(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_equals_the_explicit_formula(shifted):
+    # scaled_dot_product_attention with the bias (and, on the masked windows only, bias + mask) against
+    # softmax(q k^T * scale + bias + mask) v written out, values and gradients
+    from ssmir.layers.window_attention import (
+        WindowAttention,
+        masked_windows,
+        relative_position_index,
+        shifted_window_mask,
+    )
+
+    torch.manual_seed(0)
+    ws, heads, dim, h, w, b = 4, 2, 8, 12, 8, 2
+    attn = WindowAttention(dim, ws, heads).double()
+    nw, n = (h // ws) * (w // ws), ws * ws
+    qkv = torch.randn(b * nw, n, 3 * dim, dtype=torch.float64, requires_grad=True)
+    rpi = relative_position_index(ws)
+    mask = shifted_window_mask(h, w, ws).double() if shifted else None
+    windows = masked_windows(h, w, ws) if shifted else None
+    out = attn(qkv, rpi, mask, windows)
+
+    q, k, v = qkv.view(b * nw, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    logits = logits + attn.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
+    if shifted:
+        logits = (logits.view(b, nw, heads, n, n) + mask[None, :, None]).view(-1, heads, n, n)
+    want = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(b * nw, n, dim))
+    torch.testing.assert_close(out, want)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, qkv, g)[0], torch.autograd.grad(want, qkv, g)[0])
+    if shifted:
+        plain, masked = windows
+        assert len(masked) == (h // ws) + (w // ws) - 1 and len(plain) + len(masked) == nw
