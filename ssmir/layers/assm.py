@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_heads
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
 
 ROUTINGS = ("argmax", "gumbel")
 
@@ -36,10 +36,12 @@ class PromptedSelectiveScan(nn.Module):
         add_scan_parameters(self, 1, d_model, d_state, math.ceil(d_model / 16))
         init_scan_parameters(self)
 
-    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        xs = rearrange(x, "b l d -> b 1 d l")
-        y = scan_heads(self, xs, c_offset=rearrange(prompt, "b l n -> b 1 n l"))  # the attentive SS equation
-        return rearrange(y, "b 1 d l -> b l d")
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L, D) scanned in ``order`` (B, L), the prompts (B, L, N) added to C by scan position (the
+        attentive state-space equation; position t takes token t's prompt, as the official code does) ->
+        (B, L, D), each output at its token."""
+        y = scan_tokens(self, x.unsqueeze(2), order.unsqueeze(1), c_offset=prompt.unsqueeze(2))
+        return y.squeeze(2)
 
 
 class AttentiveStateSpace(nn.Module):
@@ -78,15 +80,11 @@ class AttentiveStateSpace(nn.Module):
         h, w = size
         prompt, route = self._prompts(x, basis)
         order = torch.sort(route, dim=-1, stable=True).indices  # (B, L): semantic neighbours side by side
-        inverse = torch.argsort(order, dim=-1)
 
         feats = self.in_proj(rearrange(x, "b (h w) c -> b c h w", h=h, w=w))
         feats = feats * torch.sigmoid(self.CPE(feats))
         feats = rearrange(feats, "b c h w -> b (h w) c")
-
-        def gather(t, idx):
-            return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
-
-        y = self.selectiveScan(gather(feats, order), prompt)
-        y = self.out_proj(self.out_norm(y))
-        return gather(y, inverse)
+        # the scan reads the tokens in route order and writes each output back to its token, so the per-token
+        # norm and projection that follow need no reordering
+        y = self.selectiveScan(feats, prompt, order)
+        return self.out_proj(self.out_norm(y.to(x.dtype)))

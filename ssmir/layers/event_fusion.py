@@ -14,8 +14,8 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.layers.norms import LayerNorm2d
-from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_in_orders
-from ssmir.ops.scan_orders import four_way_inverses, four_way_orders
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
+from ssmir.ops.scan_orders import four_way_orders
 
 TOPK_FRACTIONS = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
 
@@ -99,13 +99,14 @@ class FourWayScan(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         length = h * w
-        x = self.in_proj(rearrange(x, "b c h w -> b h w c"))
-        z = self.in_proj1(rearrange(z, "b c h w -> b h w c"))
-        x = F.silu(self.conv2d(rearrange(x, "b h w c -> b c h w")))
-        heads = rearrange(x, "b c h w -> b 1 c (h w)").expand(b, 4, self.d_inner, length)
-        y = scan_in_orders(self, heads, four_way_orders(h, w), four_way_inverses(h, w)).sum(dim=1)
-        y = self.out_norm(rearrange(y, "b c (h w) -> b h w c", h=h, w=w)) * F.silu(z)
-        return rearrange(self.out_proj(y), "b h w c -> b c h w")
+        x = self.in_proj(rearrange(x, "b c h w -> b (h w) c"))  # tokens (B, L, d_inner)
+        z = self.in_proj1(rearrange(z, "b c h w -> b (h w) c"))
+        x = self.conv2d(x.view(b, h, w, self.d_inner).permute(0, 3, 1, 2))  # a channels-last view of the tokens
+        x = F.silu(x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner))
+        heads = x.unsqueeze(2).expand(b, length, 4, self.d_inner)  # every head scans all channels
+        y = scan_tokens(self, heads, four_way_orders(h, w)).sum(dim=2)  # (B, L, d_inner)
+        y = self.out_norm(y.to(z.dtype)) * F.silu(z)
+        return rearrange(self.out_proj(y), "b (h w) c -> b c h w", h=h, w=w)
 
 
 class MultiScaleFeature(nn.Module):

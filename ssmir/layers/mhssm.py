@@ -18,12 +18,11 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_in_orders
-from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_inverses, all_around_orders
+from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
+from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_orders
 
 MERGE_METHODS = ("add", "concate")
 
@@ -118,29 +117,38 @@ class MultiHeadSelectiveScan(nn.Module):
         return fn(x)
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Token layout throughout: (B, L, C) in, projections per token, the heads scanned in their orders by
+        ``scan_tokens`` (no gather or transposition of the features), (B, L, C) out."""
         b, length, _ = tokens.shape
         h, w = size
         k, d = self.heads, self.d_head
         if self.concat_heads and k * d != self.d_inner:
             raise ValueError(f"MHSSM: inner width {self.d_inner} does not split into scan_count={k} heads")
 
-        xz = rearrange(self._maybe_checkpoint(self.in_proj, tokens), "b l c -> b c l")
-        x, z = (xz, None) if self.cfg.disable_z_branch else xz.chunk(2, dim=1)
+        def project_in(t):  # the x and z halves as separate (B, L, d_inner) tensors
+            weight, bias = self.in_proj.weight, self.in_proj.bias
+            x = F.linear(t, weight[: self.d_inner], None if bias is None else bias[: self.d_inner])
+            if self.cfg.disable_z_branch:
+                return x, None
+            return x, F.linear(t, weight[self.d_inner:], None if bias is None else bias[self.d_inner:])
 
-        if self.cfg.conv_2d:
-            x = rearrange(x, "b c (h w) -> b c h w", h=h, w=w)
-            x = rearrange(self._maybe_checkpoint(self.conv, x), "b c h w -> b c (h w)")
+        if self.cfg.use_checkpoint and torch.is_grad_enabled():
+            x, z = checkpoint(project_in, tokens, use_reentrant=False)
         else:
-            x = self._maybe_checkpoint(self.conv, x)[..., :length]
-        x = F.silu(x)  # (B, d_inner, L)
+            x, z = project_in(tokens)
 
-        # heads, each scanned in its own order: (B, K, d, L)
-        heads = x.view(b, k, d, length) if self.concat_heads else x.unsqueeze(1).expand(b, k, d, length)
-        y = scan_in_orders(self, heads, all_around_orders(self.cfg.scan_type, k, h, w),
-                           all_around_inverses(self.cfg.scan_type, k, h, w))
-        y = y.reshape(b, k * d, length) if self.concat_heads else y.sum(dim=1)  # (B, d_inner, L)
+        if self.cfg.conv_2d:  # a channels-last view of the tokens: the depth-wise conv reads them in place
+            x = self._maybe_checkpoint(self.conv, x.view(b, h, w, self.d_inner).permute(0, 3, 1, 2))
+            x = x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner)
+        else:
+            x = self._maybe_checkpoint(self.conv, x.transpose(1, 2))[..., :length].transpose(1, 2)
+        x = F.silu(x)  # (B, L, d_inner)
 
-        y = self.out_norm(rearrange(y, "b c l -> b l c"))
+        heads = x.view(b, length, k, d) if self.concat_heads else x.unsqueeze(2).expand(b, length, k, d)
+        y = scan_tokens(self, heads, all_around_orders(self.cfg.scan_type, k, h, w))  # (B, L, K, d)
+        y = y.reshape(b, length, k * d) if self.concat_heads else y.sum(dim=2)
+
+        y = self.out_norm(y.to(tokens.dtype))
         if z is not None:
-            y = y * F.silu(rearrange(z, "b c l -> b l c"))
+            y = y * F.silu(z)
         return self._maybe_checkpoint(self.out_proj, y)

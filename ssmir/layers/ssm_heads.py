@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ssmir.ops.selective_scan import selective_scan
+from ssmir.ops.head_scan import scan_heads_in_orders
 
 
 def add_scan_parameters(module: nn.Module, heads: int, d_head: int, d_state: int, dt_rank: int) -> None:
@@ -50,37 +50,20 @@ def init_scan_parameters(module: nn.Module, dt_min=0.001, dt_max=0.1, dt_init="r
     module.Ds.fill_(1.0)
 
 
-def scan_heads(module: nn.Module, xs: torch.Tensor, c_offset: torch.Tensor | None = None) -> torch.Tensor:
-    """Project each head's sequence to (dt, B, C) and run the selective scan: (B, K, d, L) -> (B, K, d, L) float32.
-
-    ``c_offset`` (B, K, N, L) is added to C (MambaIRv2's prompts).
+def scan_tokens(module: nn.Module, x: torch.Tensor, orders: torch.Tensor | None = None,
+                c_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Project each head's tokens to (dt, B, C) and scan head k along ``orders[k]`` (or per batch element,
+    (B, K, L)): x (B, L, K, d) -> (B, L, K, d) float32, each output at its token. ``c_offset`` (B, L, K, N)
+    is added to C by scan position (MambaIRv2's prompts). The projections are per token, so they are taken
+    in token order; ``ssmir.ops.head_scan`` reads the tokens in each head's order without copying them.
     """
-    b, k, d, length = xs.shape
     d_state = module.A_logs.shape[1]
     dt_rank = module.dt_projs_weight.shape[2]
-    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, module.x_proj_weight)
-    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
-    dts = torch.einsum("bkrl,kdr->bkdl", dts, module.dt_projs_weight)
-    Cs = Cs.float() if c_offset is None else Cs.float() + c_offset.float()
-    y = selective_scan(
-        xs.float().reshape(b, k * d, length),
-        dts.float().reshape(b, k * d, length),
-        -torch.exp(module.A_logs.float()),
-        Bs.float(),  # (B, K, N, L): head k's channels share group k
-        Cs,
-        module.Ds.float(),
-        delta_bias=module.dt_projs_bias.float().view(-1),
-        delta_softplus=True,
+    x_dbl = torch.einsum("blkd,kcd->blkc", x, module.x_proj_weight)  # (B, L, K, dt_rank + 2N)
+    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
+    dts = torch.einsum("blkr,kdr->blkd", dts, module.dt_projs_weight)
+    return scan_heads_in_orders(
+        x.float(), dts.float(), -torch.exp(module.A_logs.float()), Bs.float(), Cs.float(), module.Ds.float(),
+        delta_bias=module.dt_projs_bias.float().view(-1), delta_softplus=True, orders=orders,
+        c_offset=None if c_offset is None else c_offset.float(),
     )
-    return y.view(b, k, d, length)
-
-
-def scan_in_orders(module: nn.Module, heads: torch.Tensor, orders: torch.Tensor,
-                   inverses: torch.Tensor) -> torch.Tensor:
-    """Read head k of (B, K, d, L) in ``orders[k]``, scan it, and put the result back in row-major order."""
-    b, k, d, length = heads.shape
-
-    def index(perm):
-        return perm.to(heads.device)[None, :, None, :].expand(b, k, d, length)
-
-    return torch.gather(scan_heads(module, torch.gather(heads, 3, index(orders))), 3, index(inverses))

@@ -38,6 +38,9 @@ class MambaFormerBlock(nn.Module):
         self.ffn = make_channel_mixer(channel_mixer_type, dim, ffn_expansion_factor, bias)
 
     def forward(self, x):
+        # channels-last memory: the (B, C, H, W) map is its own (B, L, C) tokens, so the norms, the token
+        # mixer and the residual adds read it in place (a no-op when it already is)
+        x = x.contiguous(memory_format=torch.channels_last)
         h, w = x.shape[-2:]
         tokens = rearrange(self.norm1(x), "b c h w -> b (h w) c")
         x = x + rearrange(self.mamba(tokens, (h, w)), "b (h w) c -> b c h w", h=h, w=w)

@@ -210,3 +210,179 @@ def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
             for n in range(N):
                 dA_acc[bi, di, n] = dA_rows[di - d_start, n]
             dD[bi, di] = dD_rows[di - d_start]
+
+
+# --------------------------------------------------------------------------- token-major heads with scan orders
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def scan_tokens_forward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, store_ckpt, parts, y, h_last, h_ckpt):
+    """Heads of a multi-head scan read and written in token-major layout, each along its own scan order.
+
+    u, dt, y: (Bt, L, K, d) (any strides); B, C: (Bt, L, K, N) by token; ``C_off`` (Bt, L, K, N) by scan
+    position, added to C when ``has_off``; A (K*d, N), Dv (K*d,); ``order`` (1 or Bt, K, L) int64: head k
+    scans the tokens order[., k, 0], order[., k, 1], ... Step t of head k reads token order[k, t] and its
+    output goes back to that token. Tasks (batch, head, channel slice); per block of ``chunk`` steps the
+    block's tokens are gathered once into small buffers shared by the task's channels.
+    ``h_ckpt`` (Bt, K*d, ceil(L / chunk), N), ``h_last`` (Bt, K*d, N) as in ``scan_forward``.
+    """
+    nb, L, K, dh = u.shape
+    N = A.shape[1]
+    shared_order = order.shape[0] == 1
+    for task in numba.prange(nb * K * parts):
+        bi = task // (K * parts)
+        rest = task % (K * parts)
+        ki = rest // parts
+        p = rest % parts
+        c0 = (p * dh) // parts
+        nc = ((p + 1) * dh) // parts - c0
+        ob = 0 if shared_order else bi
+        hs = np.zeros((nc, N), dtype=u.dtype)
+        e = np.empty((chunk, N), dtype=u.dtype)
+        bb = np.empty((chunk, N), dtype=u.dtype)
+        cb = np.empty((chunk, N), dtype=u.dtype)
+        ub = np.empty((nc, chunk), dtype=u.dtype)
+        db = np.empty((nc, chunk), dtype=u.dtype)
+        yb = np.empty((nc, chunk), dtype=u.dtype)
+        for t0 in range(0, L, chunk):
+            T = min(L, t0 + chunk) - t0
+            for j in range(T):
+                tok = order[ob, ki, t0 + j]
+                for n in range(N):
+                    bb[j, n] = B[bi, tok, ki, n]
+                    cb[j, n] = C[bi, tok, ki, n]
+                if has_off:
+                    for n in range(N):
+                        cb[j, n] += C_off[bi, t0 + j, ki, n]
+                for c in range(nc):
+                    ub[c, j] = u[bi, tok, ki, c0 + c]
+                    db[c, j] = dt[bi, tok, ki, c0 + c]
+            for c in range(nc):
+                di = ki * dh + c0 + c
+                h = hs[c]
+                if store_ckpt:
+                    for n in range(N):
+                        h_ckpt[bi, di, t0 // chunk, n] = h[n]
+                for j in range(T):
+                    dtj = db[c, j]
+                    for n in range(N):
+                        e[j, n] = fast_exp(dtj * A[di, n])
+                d_skip = Dv[di]
+                for j in range(T):
+                    ut = ub[c, j]
+                    dtu = db[c, j] * ut
+                    acc = dtu * 0
+                    for n in range(N):
+                        hn = e[j, n] * h[n] + dtu * bb[j, n]
+                        h[n] = hn
+                        acc += cb[j, n] * hn
+                    yb[c, j] = acc + d_skip * ut
+            for j in range(T):
+                tok = order[ob, ki, t0 + j]
+                for c in range(nc):
+                    y[bi, tok, ki, c0 + c] = yb[c, j]
+        for c in range(nc):
+            for n in range(N):
+                h_last[bi, ki * dh + c0 + c, n] = hs[c, n]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def scan_tokens_backward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
+                         dD, dB_parts, dC_parts):
+    """Gradients of ``scan_tokens_forward``: du, ddt (Bt, L, K, d) by token; dA_acc (Bt, K*d, N) and dD
+    (Bt, K*d) float64 sums; dB_parts (Bt, parts, L, K, N) by token and dC_parts (Bt, parts, L, K, N) by
+    token (the gradient of C_off is dC by scan position, which the caller gathers), summed over parts by
+    the caller. Every (batch, head) writes its own rows of the parts, so nothing needs zeroing."""
+    nb, L, K, dh = u.shape
+    N = A.shape[1]
+    n_chunks = h_ckpt.shape[2]
+    shared_order = order.shape[0] == 1
+    for task in numba.prange(nb * K * parts):
+        bi = task // (K * parts)
+        rest = task % (K * parts)
+        ki = rest // parts
+        p = rest % parts
+        c0 = (p * dh) // parts
+        nc = ((p + 1) * dh) // parts - c0
+        ob = 0 if shared_order else bi
+        h_buf = np.empty((chunk + 1, N), dtype=u.dtype)
+        e_buf = np.empty((chunk, N), dtype=u.dtype)
+        bb = np.empty((chunk, N), dtype=u.dtype)
+        cb = np.empty((chunk, N), dtype=u.dtype)
+        dbb = np.empty((chunk, N), dtype=u.dtype)
+        dcb = np.empty((chunk, N), dtype=u.dtype)
+        ub = np.empty((nc, chunk), dtype=u.dtype)
+        db = np.empty((nc, chunk), dtype=u.dtype)
+        gy = np.empty((nc, chunk), dtype=u.dtype)
+        dub = np.empty((nc, chunk), dtype=u.dtype)
+        ddb = np.empty((nc, chunk), dtype=u.dtype)
+        gs = np.zeros((nc, N), dtype=u.dtype)
+        dA_rows = np.zeros((nc, N), dtype=np.float64)
+        dD_rows = np.zeros(nc, dtype=np.float64)
+        for c_idx in range(n_chunks - 1, -1, -1):
+            t0 = c_idx * chunk
+            T = min(L, t0 + chunk) - t0
+            for j in range(T):
+                tok = order[ob, ki, t0 + j]
+                for n in range(N):
+                    bb[j, n] = B[bi, tok, ki, n]
+                    cb[j, n] = C[bi, tok, ki, n]
+                    dbb[j, n] = 0.0
+                    dcb[j, n] = 0.0
+                if has_off:
+                    for n in range(N):
+                        cb[j, n] += C_off[bi, t0 + j, ki, n]
+                for c in range(nc):
+                    ub[c, j] = u[bi, tok, ki, c0 + c]
+                    db[c, j] = dt[bi, tok, ki, c0 + c]
+                    gy[c, j] = dy[bi, tok, ki, c0 + c]
+            for c in range(nc):
+                di = ki * dh + c0 + c
+                g = gs[c]
+                dA_row = dA_rows[c]
+                d_skip = Dv[di]
+                dD_acc = 0.0
+                for n in range(N):
+                    h_buf[0, n] = h_ckpt[bi, di, c_idx, n]
+                for j in range(T):
+                    dtj = db[c, j]
+                    for n in range(N):
+                        e_buf[j, n] = fast_exp(dtj * A[di, n])
+                for j in range(T):
+                    dtu = db[c, j] * ub[c, j]
+                    for n in range(N):
+                        h_buf[j + 1, n] = e_buf[j, n] * h_buf[j, n] + dtu * bb[j, n]
+                for j in range(T - 1, -1, -1):
+                    dtt = db[c, j]
+                    ut = ub[c, j]
+                    dyt = gy[c, j]
+                    dD_acc += dyt * ut
+                    du_t = dyt * d_skip
+                    ddt_t = dyt * 0
+                    for n in range(N):
+                        b_tn = bb[j, n]
+                        dcb[j, n] += dyt * h_buf[j + 1, n]
+                        gn = g[n] + dyt * cb[j, n]
+                        ej = e_buf[j, n]
+                        gd = gn * h_buf[j, n] * ej
+                        ddt_t += gd * A[di, n] + gn * b_tn * ut
+                        dA_row[n] += gd * dtt
+                        dbb[j, n] += gn * dtt * ut
+                        du_t += gn * dtt * b_tn
+                        g[n] = gn * ej
+                    dub[c, j] = du_t
+                    ddb[c, j] = ddt_t
+                dD_rows[c] += dD_acc
+            for j in range(T):
+                tok = order[ob, ki, t0 + j]
+                for c in range(nc):
+                    du[bi, tok, ki, c0 + c] = dub[c, j]
+                    ddt[bi, tok, ki, c0 + c] = ddb[c, j]
+                for n in range(N):
+                    dB_parts[bi, p, tok, ki, n] = dbb[j, n]
+                    dC_parts[bi, p, tok, ki, n] = dcb[j, n]
+        for c in range(nc):
+            di = ki * dh + c0 + c
+            for n in range(N):
+                dA_acc[bi, di, n] = dA_rows[c, n]
+            dD[bi, di] = dD_rows[c]

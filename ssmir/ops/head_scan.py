@@ -1,0 +1,163 @@
+"""Multi-head selective scan over an image's tokens, each head along its own scan order, in token layout.
+
+Vision Mamba blocks (EAMamba's MHSSM, VMamba's four-way SS2D, MambaIRv2's ASSM) hold their features as
+tokens, (batch, L, channels), and scan each head's channels along a permutation of the tokens (diagonal,
+Hilbert, reversed, sorted by route, ...). Written with ``selective_scan`` this takes a transposition to
+(batch, channels, L), a gather into each head's order, and the inverse gather and transposition after the scan:
+four copies of the features per call. ``scan_heads_in_orders`` takes the tokens as they are and returns the
+result in the same layout; on CPU the compiled kernel (``ssmir.ops._numba_scan.scan_tokens_*``) reads and
+writes the tokens at their scan positions itself, so no copy is made. Elsewhere (other backends, devices)
+it is the gather / ``selective_scan`` / scatter composition, which is also the reference the tests use.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ssmir.ops.selective_scan import (
+    _NUMBA_CHUNK,
+    _SCAN_CLOCK,
+    FLOP_RECORDER,
+    _compute_dtype,
+    _numba_kernels,
+    _set_numba_threads,
+    resolve_backend,
+    scan_flops,
+    selective_scan,
+)
+
+
+def _check(u, delta, A, B, C, D, delta_bias, orders, c_offset):
+    if u.dim() != 4:
+        raise ValueError(f"scan_heads_in_orders: u must be (batch, L, heads, d), got {tuple(u.shape)}")
+    nb, L, K, d = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"scan_heads_in_orders: delta {tuple(delta.shape)} != u {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != K * d:
+        raise ValueError(f"scan_heads_in_orders: A must be (heads*d={K * d}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    for name, t in (("B", B), ("C", C), ("c_offset", c_offset)):
+        if t is not None and t.shape != (nb, L, K, N):
+            raise ValueError(f"scan_heads_in_orders: {name} must be {(nb, L, K, N)}, got {tuple(t.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (K * d,):
+            raise ValueError(f"scan_heads_in_orders: {name} must be ({K * d},), got {tuple(t.shape)}")
+    if orders.dim() == 2:
+        orders = orders.unsqueeze(0)
+    if orders.dim() != 3 or orders.shape[1:] != (K, L) or orders.shape[0] not in (1, nb):
+        raise ValueError(f"scan_heads_in_orders: orders must be (heads={K}, L={L}) or (batch, heads, L), "
+                         f"got {tuple(orders.shape)}")
+    return orders
+
+
+def _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend):
+    """Gather every head into its order, ``selective_scan``, put the outputs back: (batch, L, heads, d)."""
+    nb, L, K, d = u.shape
+    idx = orders.to(u.device).expand(nb, K, L)
+
+    def in_order(t):  # (batch, L, K, X) -> (batch, K, X, L), step t of head k holding token orders[k, t]
+        t = t.permute(0, 2, 3, 1)
+        return torch.gather(t, 3, idx[:, :, None, :].expand(-1, -1, t.shape[2], -1))
+
+    Cs = in_order(C)
+    if c_offset is not None:  # by scan position: added after the gather
+        Cs = Cs + c_offset.permute(0, 2, 3, 1)
+    y = selective_scan(in_order(u).reshape(nb, K * d, L), in_order(delta).reshape(nb, K * d, L), A, in_order(B),
+                       Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus, backend=backend)
+    out = torch.zeros_like(y.view(nb, K, d, L)).scatter(3, idx[:, :, None, :].expand(-1, -1, d, -1),
+                                                         y.view(nb, K, d, L))
+    return out.permute(0, 3, 1, 2)
+
+
+class _NumbaHeadScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, C_off, D, orders):
+        k = _numba_kernels()
+        _set_numba_threads()
+        nb, L, K, d = u.shape
+        N = A.shape[1]
+        parts = max(1, min(d, math.ceil(2 * torch.get_num_threads() / (nb * K))))
+        need_grad = any(ctx.needs_input_grad)
+        has_off = C_off is not None
+        off = C_off if has_off else C
+        y = u.new_empty(nb, L, K, d)
+        h_last = u.new_empty(nb, K * d, N)
+        h_ckpt = u.new_empty(nb, K * d, max(1, math.ceil(L / _NUMBA_CHUNK)) if need_grad else 1, N)
+        k.scan_tokens_forward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), off.numpy(), has_off,
+                              D.numpy(), orders.numpy(), _NUMBA_CHUNK, need_grad, parts, y.numpy(), h_last.numpy(),
+                              h_ckpt.numpy())
+        ctx.save_for_backward(u, dt, A, B, C, C_off, D, orders, h_ckpt)
+        ctx.parts = parts
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        k = _numba_kernels()
+        _set_numba_threads()
+        u, dt, A, B, C, C_off, D, orders, h_ckpt = ctx.saved_tensors
+        nb, L, K, d = u.shape
+        N = A.shape[1]
+        parts = ctx.parts
+        has_off = C_off is not None
+        du, ddt = u.new_empty(nb, L, K, d), u.new_empty(nb, L, K, d)
+        dA = torch.empty(nb, K * d, N, dtype=torch.float64)
+        dD = torch.empty(nb, K * d, dtype=torch.float64)
+        dB_parts = u.new_empty(nb, parts, L, K, N)
+        dC_parts = u.new_empty(nb, parts, L, K, N)
+        k.scan_tokens_backward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(),
+                               (C_off if has_off else C).numpy(), has_off, D.numpy(), orders.numpy(), _NUMBA_CHUNK,
+                               h_ckpt.numpy(), dy.contiguous().numpy(), parts, du.numpy(), ddt.numpy(), dA.numpy(),
+                               dD.numpy(), dB_parts.numpy(), dC_parts.numpy())
+        dC = dC_parts.sum(1)
+        dC_off = None
+        if has_off and ctx.needs_input_grad[5]:  # by scan position: the token's dC at each step
+            idx = orders.expand(nb, K, L).transpose(1, 2)[..., None].expand(-1, -1, -1, N)  # (nb, L, K, N)
+            dC_off = torch.gather(dC, 1, idx)
+        return (du, ddt, dA.sum(0).to(u.dtype), dB_parts.sum(1), dC, dC_off, dD.sum(0).to(u.dtype), None)
+
+
+def scan_heads_in_orders(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, orders=None,
+                         c_offset=None, backend: str | None = None):
+    """Selective scans of ``heads`` heads over the tokens, each along its own order, in token layout.
+
+    u, delta: (batch, L, heads, d), any strides (an ``expand`` over heads is fine); A (heads*d, N);
+    B, C: (batch, L, heads, N) per token; D, delta_bias: (heads*d,); ``orders``: (heads, L) or
+    (batch, heads, L) int64 permutations (identity when None): head k scans tokens orders[k, 0], orders[k, 1],
+    ...; ``c_offset`` (batch, L, heads, N) is added to C by scan position (MambaIRv2's prompts). Returns
+    (batch, L, heads, d): each token's output of each head, in the dtype of ``u``. The same as gathering
+    every head into its order, ``selective_scan`` with B/C grouped by head, and putting the outputs back.
+    """
+    if u.dim() != 4:
+        raise ValueError(f"scan_heads_in_orders: u must be (batch, L, heads, d), got {tuple(u.shape)}")
+    nb, L, K, d = u.shape
+    if orders is None:
+        orders = torch.arange(L).expand(K, L)
+    orders = _check(u, delta, A, B, C, D, delta_bias, orders, c_offset)
+    if u.device.type == "meta":
+        return _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend)
+    name = resolve_backend(u.device, backend)
+    if name != "numba":
+        return _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend)
+    recorder, clock = FLOP_RECORDER.get(), _SCAN_CLOCK.get()
+    if recorder is not None:
+        recorder(scan_flops(nb, K * d, L, A.shape[1]))
+    t0 = time.perf_counter()
+    dtype_in = u.dtype
+    ct = _compute_dtype(u)
+    dt = delta.to(ct)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct).view(K, d)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    y = _NumbaHeadScan.apply(u.to(ct), dt, A.to(ct).contiguous(), B.to(ct), C.to(ct),
+                             None if c_offset is None else c_offset.to(ct),
+                             (D if D is not None else u.new_zeros(K * d)).to(ct).contiguous(),
+                             orders.to(torch.int64).contiguous())
+    if clock is not None:
+        clock.seconds += time.perf_counter() - t0
+        clock.calls += 1
+    return y.to(dtype_in)
