@@ -33,8 +33,22 @@ def worker(name: str, size: int, repeat: int, threads: int) -> dict:
     import torch
 
     from ssmir.models.zoo import create_entry
-    from ssmir.ops.selective_scan import resolve_backend, timing_scans
+    from ssmir.ops.selective_scan import resolve_backend
     from ssmir.profiling.flops import count_flops, example_inputs
+
+    try:
+        from ssmir.ops.selective_scan import timing_scans
+    except ImportError:  # an older ssmir (before/after comparisons): no scan clock
+        import contextlib
+
+        class _NoClock:
+            seconds = float("nan")
+
+            def reset(self):
+                pass
+
+        def timing_scans():
+            return contextlib.nullcontext(_NoClock())
     from ssmir.profiling.measure import rss_bytes
 
     torch.set_num_threads(threads)

@@ -5,6 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # the Triton kernels are tested on CPU through Triton's interpreter, which must be chosen before anything
+    # (torch.compile's tests, for one) imports triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 GOLDEN = Path(os.environ.get("SSMIR_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
 
 

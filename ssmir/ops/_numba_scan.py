@@ -151,6 +151,7 @@ def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
         gs = np.zeros((d_stop - d_start, N), dtype=u.dtype)  # dLoss / dh_t per channel, carried backwards
         dA_rows = np.zeros((d_stop - d_start, N), dtype=np.float64)
         dD_rows = np.zeros(d_stop - d_start, dtype=np.float64)
+        dA_chunk = np.empty(N, dtype=u.dtype)
         bb = np.empty((chunk, N), dtype=u.dtype)  # the chunk of B and C, time before state
         cb = np.empty((chunk, N), dtype=u.dtype)
         dbb = np.empty((chunk, N), dtype=u.dtype)  # the task's dB and dC over the chunk
@@ -168,7 +169,9 @@ def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
                 g = gs[di - d_start]
                 dA_row = dA_rows[di - d_start]
                 d_skip = Dv[di]
-                dD_acc = 0.0
+                dD_acc = Dv[di] * 0  # chunk sums in the compute dtype (SIMD), added to float64 rows per chunk
+                for n in range(N):
+                    dA_chunk[n] = 0.0
                 for n in range(N):
                     h_buf[0, n] = h_ckpt[bi, di, c, n]
                 for j in range(t1 - t0):
@@ -195,13 +198,15 @@ def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
                         e = e_buf[j, n]
                         gd = gn * h_buf[j, n] * e  # dLoss / d(dt * A[n])
                         ddt_t += gd * A[di, n] + gn * b_tn * ut
-                        dA_row[n] += gd * dtt
+                        dA_chunk[n] += gd * dtt
                         dbb[j, n] += gn * dtt * ut
                         du_t += gn * dtt * b_tn
                         g[n] = gn * e
                     du[bi, di, t] = du_t
                     ddt[bi, di, t] = ddt_t
                 dD_rows[di - d_start] += dD_acc
+                for n in range(N):
+                    dA_row[n] += dA_chunk[n]
             for n in range(N):
                 for j in range(t1 - t0):
                     dB_parts[bi, gi, p, n, t0 + j] = dbb[j, n]
@@ -319,6 +324,7 @@ def scan_tokens_backward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, h_ckp
         gs = np.zeros((nc, N), dtype=u.dtype)
         dA_rows = np.zeros((nc, N), dtype=np.float64)
         dD_rows = np.zeros(nc, dtype=np.float64)
+        dA_chunk = np.empty(N, dtype=u.dtype)
         for c_idx in range(n_chunks - 1, -1, -1):
             t0 = c_idx * chunk
             T = min(L, t0 + chunk) - t0
@@ -341,7 +347,9 @@ def scan_tokens_backward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, h_ckp
                 g = gs[c]
                 dA_row = dA_rows[c]
                 d_skip = Dv[di]
-                dD_acc = 0.0
+                dD_acc = Dv[di] * 0  # chunk sums in the compute dtype (SIMD), added to float64 rows per chunk
+                for n in range(N):
+                    dA_chunk[n] = 0.0
                 for n in range(N):
                     h_buf[0, n] = h_ckpt[bi, di, c_idx, n]
                 for j in range(T):
@@ -366,13 +374,15 @@ def scan_tokens_backward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, h_ckp
                         ej = e_buf[j, n]
                         gd = gn * h_buf[j, n] * ej
                         ddt_t += gd * A[di, n] + gn * b_tn * ut
-                        dA_row[n] += gd * dtt
+                        dA_chunk[n] += gd * dtt
                         dbb[j, n] += gn * dtt * ut
                         du_t += gn * dtt * b_tn
                         g[n] = gn * ej
                     dub[c, j] = du_t
                     ddb[c, j] = ddt_t
                 dD_rows[c] += dD_acc
+                for n in range(N):
+                    dA_row[n] += dA_chunk[n]
             for j in range(T):
                 tok = order[ob, ki, t0 + j]
                 for c in range(nc):

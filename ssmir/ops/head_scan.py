@@ -17,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor  # noqa: F401 (the custom operators' annotations are resolved at module scope)
 
 from ssmir.ops.selective_scan import (
     _NUMBA_CHUNK,
@@ -73,51 +74,123 @@ def _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offse
     return out.permute(0, 3, 1, 2)
 
 
+def _parts(nb: int, K: int, d: int) -> int:
+    """Channel slices per head, so that the kernels have at least two tasks per thread."""
+    return max(1, min(d, math.ceil(2 * torch.get_num_threads() / (nb * K))))
+
+
+def _numba_forward(u, dt, A, B, C, C_off, D, orders, need_grad: bool):
+    """The compiled forward: y (batch, L, K, d) and the chunk-start states (for the backward pass)."""
+    k = _numba_kernels()
+    _set_numba_threads()
+    nb, L, K, d = u.shape
+    N = A.shape[1]
+    has_off = C_off is not None
+    y = u.new_empty(nb, L, K, d)
+    h_last = u.new_empty(nb, K * d, N)
+    h_ckpt = u.new_empty(nb, K * d, max(1, math.ceil(L / _NUMBA_CHUNK)) if need_grad else 1, N)
+    k.scan_tokens_forward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), (C_off if has_off else C).numpy(),
+                          has_off, D.numpy(), orders.numpy(), _NUMBA_CHUNK, need_grad, _parts(nb, K, d), y.numpy(),
+                          h_last.numpy(), h_ckpt.numpy())
+    return y, h_ckpt
+
+
+def _numba_backward(dy, u, dt, A, B, C, C_off, D, orders, h_ckpt):
+    """Gradients for u, dt, A, B, C, C_off (empty without an offset) and D."""
+    k = _numba_kernels()
+    _set_numba_threads()
+    nb, L, K, d = u.shape
+    N = A.shape[1]
+    parts = _parts(nb, K, d)
+    has_off = C_off is not None
+    du, ddt = u.new_empty(nb, L, K, d), u.new_empty(nb, L, K, d)
+    dA = torch.empty(nb, K * d, N, dtype=torch.float64)
+    dD = torch.empty(nb, K * d, dtype=torch.float64)
+    dB_parts = u.new_empty(nb, parts, L, K, N)
+    dC_parts = u.new_empty(nb, parts, L, K, N)
+    k.scan_tokens_backward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), (C_off if has_off else C).numpy(),
+                           has_off, D.numpy(), orders.numpy(), _NUMBA_CHUNK, h_ckpt.numpy(), dy.contiguous().numpy(),
+                           parts, du.numpy(), ddt.numpy(), dA.numpy(), dD.numpy(), dB_parts.numpy(),
+                           dC_parts.numpy())
+    dC = dC_parts.sum(1)
+    if has_off:  # by scan position: the token's dC at each step
+        idx = orders.expand(nb, K, L).transpose(1, 2)[..., None].expand(-1, -1, -1, N)  # (nb, L, K, N)
+        dC_off = torch.gather(dC, 1, idx)
+    else:
+        dC_off = u.new_empty(0)
+    return du, ddt, dA.sum(0).to(u.dtype), dB_parts.sum(1), dC, dC_off, dD.sum(0).to(u.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    u, dt, A, B, C, C_off, D, orders, _need_grad = inputs
+    ctx.save_for_backward(u, dt, A, B, C, C_off, D, orders, output[1])
+
+
+def _grads(dy, saved, backward):
+    u, dt, A, B, C, C_off, D, orders, h_ckpt = saved
+    du, ddt, dA, dB, dC, dC_off, dD = backward(dy, u, dt, A, B, C, C_off, D, orders, h_ckpt)
+    return du, ddt, dA, dB, dC, (dC_off if C_off is not None else None), dD, None, None
+
+
 class _NumbaHeadScan(torch.autograd.Function):
+    """The eager path (no import of torch.compile's machinery, which a custom operator's first call costs)."""
+
     @staticmethod
     def forward(ctx, u, dt, A, B, C, C_off, D, orders):
-        k = _numba_kernels()
-        _set_numba_threads()
-        nb, L, K, d = u.shape
-        N = A.shape[1]
-        parts = max(1, min(d, math.ceil(2 * torch.get_num_threads() / (nb * K))))
-        need_grad = any(ctx.needs_input_grad)
-        has_off = C_off is not None
-        off = C_off if has_off else C
-        y = u.new_empty(nb, L, K, d)
-        h_last = u.new_empty(nb, K * d, N)
-        h_ckpt = u.new_empty(nb, K * d, max(1, math.ceil(L / _NUMBA_CHUNK)) if need_grad else 1, N)
-        k.scan_tokens_forward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), off.numpy(), has_off,
-                              D.numpy(), orders.numpy(), _NUMBA_CHUNK, need_grad, parts, y.numpy(), h_last.numpy(),
-                              h_ckpt.numpy())
-        ctx.save_for_backward(u, dt, A, B, C, C_off, D, orders, h_ckpt)
-        ctx.parts = parts
+        y, h_ckpt = _numba_forward(u, dt, A, B, C, C_off, D, orders, any(ctx.needs_input_grad))
+        _setup_context(ctx, (u, dt, A, B, C, C_off, D, orders, None), (y, h_ckpt))
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        k = _numba_kernels()
-        _set_numba_threads()
-        u, dt, A, B, C, C_off, D, orders, h_ckpt = ctx.saved_tensors
+        return _grads(dy, ctx.saved_tensors, _numba_backward)[:8]
+
+
+def _register_ops():
+    """The scan as ``torch.library`` custom operators with fake (meta) implementations and autograd, so that
+    ``torch.compile`` traces models through it without a graph break (torch >= 2.4). Registered at import
+    (cheap); called only under torch.compile, since an operator's first eager call imports the compiler."""
+    if not hasattr(torch.library, "custom_op"):
+        return None
+
+    @torch.library.custom_op("ssmir::scan_tokens", mutates_args=())
+    def forward_op(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, C_off: Tensor | None, D: Tensor,
+                   orders: Tensor, need_grad: bool) -> tuple[Tensor, Tensor]:
+        return _numba_forward(u, dt, A, B, C, C_off, D, orders, need_grad)
+
+    @forward_op.register_fake
+    def _(u, dt, A, B, C, C_off, D, orders, need_grad):
         nb, L, K, d = u.shape
-        N = A.shape[1]
-        parts = ctx.parts
-        has_off = C_off is not None
-        du, ddt = u.new_empty(nb, L, K, d), u.new_empty(nb, L, K, d)
-        dA = torch.empty(nb, K * d, N, dtype=torch.float64)
-        dD = torch.empty(nb, K * d, dtype=torch.float64)
-        dB_parts = u.new_empty(nb, parts, L, K, N)
-        dC_parts = u.new_empty(nb, parts, L, K, N)
-        k.scan_tokens_backward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(),
-                               (C_off if has_off else C).numpy(), has_off, D.numpy(), orders.numpy(), _NUMBA_CHUNK,
-                               h_ckpt.numpy(), dy.contiguous().numpy(), parts, du.numpy(), ddt.numpy(), dA.numpy(),
-                               dD.numpy(), dB_parts.numpy(), dC_parts.numpy())
-        dC = dC_parts.sum(1)
-        dC_off = None
-        if has_off and ctx.needs_input_grad[5]:  # by scan position: the token's dC at each step
-            idx = orders.expand(nb, K, L).transpose(1, 2)[..., None].expand(-1, -1, -1, N)  # (nb, L, K, N)
-            dC_off = torch.gather(dC, 1, idx)
-        return (du, ddt, dA.sum(0).to(u.dtype), dB_parts.sum(1), dC, dC_off, dD.sum(0).to(u.dtype), None)
+        chunks = max(1, math.ceil(L / _NUMBA_CHUNK)) if need_grad else 1
+        return u.new_empty(nb, L, K, d), u.new_empty(nb, K * d, chunks, A.shape[1])
+
+    @torch.library.custom_op("ssmir::scan_tokens_backward", mutates_args=())
+    def backward_op(dy: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, C_off: Tensor | None,
+                    D: Tensor, orders: Tensor, h_ckpt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                        Tensor, Tensor]:
+        return _numba_backward(dy, u, dt, A, B, C, C_off, D, orders, h_ckpt)
+
+    @backward_op.register_fake
+    def _(dy, u, dt, A, B, C, C_off, D, orders, h_ckpt):
+        return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+                C.new_empty(C.shape), u.new_empty(C.shape if C_off is not None else (0,)), D.new_empty(D.shape))
+
+    def backward(ctx, dy, _dh_ckpt):
+        return _grads(dy, ctx.saved_tensors, backward_op)
+
+    forward_op.register_autograd(backward, setup_context=_setup_context)
+    return forward_op
+
+
+_SCAN_OP = _register_ops()
+
+
+def _numba_head_scan(u, dt, A, B, C, C_off, D, orders):
+    if _SCAN_OP is not None and _compiling():
+        need_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (u, dt, A, B, C, C_off, D))
+        return _SCAN_OP(u, dt, A, B, C, C_off, D, orders, need_grad)[0]
+    return _NumbaHeadScan.apply(u, dt, A, B, C, C_off, D, orders)
 
 
 def scan_heads_in_orders(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, orders=None,
@@ -142,10 +215,27 @@ def scan_heads_in_orders(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     name = resolve_backend(u.device, backend)
     if name != "numba":
         return _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend)
+    if _compiling():  # torch.compile traces the operator itself; the instruments below are for eager runs
+        return _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset)
     recorder, clock = FLOP_RECORDER.get(), _SCAN_CLOCK.get()
     if recorder is not None:
         recorder(scan_flops(nb, K * d, L, A.shape[1]))
     t0 = time.perf_counter()
+    y = _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset)
+    if clock is not None:
+        clock.seconds += time.perf_counter() - t0
+        clock.calls += 1
+    return y
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset):
+    """The CPU path: step and bias in PyTorch (vectorised, differentiated by autograd), then the kernel."""
+    nb, L, K, d = u.shape
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     dt = delta.to(ct)
@@ -153,11 +243,8 @@ def scan_heads_in_orders(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         dt = dt + delta_bias.to(ct).view(K, d)
     if delta_softplus:
         dt = F.softplus(dt)
-    y = _NumbaHeadScan.apply(u.to(ct), dt, A.to(ct).contiguous(), B.to(ct), C.to(ct),
-                             None if c_offset is None else c_offset.to(ct),
-                             (D if D is not None else u.new_zeros(K * d)).to(ct).contiguous(),
-                             orders.to(torch.int64).contiguous())
-    if clock is not None:
-        clock.seconds += time.perf_counter() - t0
-        clock.calls += 1
+    y = _numba_head_scan(u.to(ct), dt, A.to(ct).contiguous(), B.to(ct), C.to(ct),
+                         None if c_offset is None else c_offset.to(ct),
+                         (D if D is not None else u.new_zeros(K * d)).to(ct).contiguous(),
+                         orders.to(torch.int64).contiguous())
     return y.to(dtype_in)
