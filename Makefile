@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow lint bench clean check-plain-install
+.PHONY: setup demo test test-slow lint bench clean check-plain-install test-spandrel
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,17 @@ check-plain-install:
 	$(PLAIN_VENV)/bin/python -m pip install -q .
 	$(PLAIN_VENV)/bin/ssmir restore --sample -o plain-output
 
+# spandrel imports torchvision, which has no build for the CPU torch pinned above: its tests run in a second
+# environment with torch 2.14.1 and torchvision 0.29.1 (both on this project's CI disk).
+SPANDREL_VENV ?= .venv-spandrel
+SPANDREL_TORCH ?= torch==2.14.1 torchvision==0.29.1
+test-spandrel:
+	test -x $(SPANDREL_VENV)/bin/python || python3 -m venv $(SPANDREL_VENV)
+	$(SPANDREL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SPANDREL_VENV)/bin/python -m pip install -q $(SPANDREL_TORCH)
+	$(SPANDREL_VENV)/bin/python -m pip install -q -e ".[spandrel]" pytest
+	$(SPANDREL_VENV)/bin/python -m pytest -q tests/integrations/test_spandrel.py
+
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
@@ -41,4 +52,4 @@ bench: setup
 	$(PY) benchmarks/bench_scan.py
 
 clean:
-	rm -rf $(VENV) $(PLAIN_VENV) .pytest_cache .ruff_cache demo-output plain-output
+	rm -rf $(VENV) $(PLAIN_VENV) $(SPANDREL_VENV) .pytest_cache .ruff_cache demo-output plain-output

@@ -532,7 +532,8 @@ def test_cmd(
     typer.echo(f"results: {files['csv']}, {files['md']}, {files['json']}")
 
 
-export_app = typer.Typer(help="Write results in the layouts official evaluation scripts read.", no_args_is_help=True)
+export_app = typer.Typer(help="Write results in the layouts official evaluation scripts read, or a model as ONNX.",
+                         no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
@@ -585,3 +586,54 @@ def export_deblur_cmd(
 
 if __name__ == "__main__":
     app()
+
+
+@export_app.command("onnx")
+def export_onnx_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write."),
+    size: str = typer.Option(..., "--size", help="Input HxW the graph is traced at (the model's multiples)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Checkpoint: official .pth, BasicSR .pth or ssmir "
+                                        ".safetensors."),
+    model: str | None = typer.Option(None, "--model", help="Zoo entry or architecture (with --weights for files "
+                                     "that do not say; alone: the bundled weights, else the initial weights)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML with a `model: {name, args}` section "
+                                       "(initial weights; with --weights, those)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset [the exporter's default]."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Height and width as graph dimensions (one file for "
+                                 "every size); not every architecture can."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+):
+    """A model as an ONNX graph of standard operators, checked with onnx.checker and against PyTorch in ONNX Runtime."""
+    from ssmir.deploy.onnx import ExportError, export_onnx
+
+    h, w = _parse_size(size)
+    if config is not None:
+        if model is not None:
+            _fail("give --config or --model, not both")
+        net = _build(_model_spec(config, None, None, False))
+        if weights is not None:
+            from ssmir.models.loading import CheckpointError, load_state_dict_strict, read_checkpoint
+
+            try:
+                load_state_dict_strict(net, read_checkpoint(weights, trust_pickle=trust_checkpoint)[0], str(weights))
+            except CheckpointError as e:
+                _fail(str(e))
+    elif weights is not None:
+        net = _load_model(model, weights, trust_checkpoint)
+    elif model is not None:
+        from ssmir.models.zoo import entries
+
+        if model in entries() and entries()[model].bundled_weights:
+            net = _load_model(model, None, trust_checkpoint)
+        else:
+            typer.echo(f"note: --model {model} without --weights: exporting its initial (untrained) weights", err=True)
+            net = _build(_model_spec(None, model, None, False))
+    else:
+        _fail("give a model: --weights CKPT, --model NAME [--weights CKPT] or --config YAML")
+    if output.suffix.lower() != ".onnx":
+        _fail(f"--output {output}: expected a .onnx file name")
+    try:
+        report = export_onnx(net.eval(), output, h, w, opset=opset, dynamic=dynamic)
+    except ExportError as e:
+        _fail(str(e))
+    typer.echo(report.describe())

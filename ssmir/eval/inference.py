@@ -50,10 +50,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 1) -> tuple[t
 
 @torch.no_grad()
 def run_model(model: nn.Module, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-    """Forward (B, C, H, W) of any H, W through ``model``; extra inputs (e.g. events) are padded alike."""
+    """Forward (B, C, H, W) of any H, W through ``model``; extra inputs (e.g. events) are padded alike.
+
+    Inputs are reflect-padded at the bottom/right to the model's multiple, or to the multiple its official
+    test pads to where that is larger (EAMambaSR: 8), so that an image gives the official pipeline's result.
+    """
     if x.dim() != 4:
         raise ValueError(f"run_model: expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    m, lo = size_multiple(model), min_size(model)
+    m, lo = max(size_multiple(model), eval_pad_multiple(model)), min_size(model)
     xp, (h, w) = pad_to_multiple(x, m, lo)
     extra = tuple(pad_to_multiple(e, m, lo)[0] for e in extra)
     out = model(xp, *extra)

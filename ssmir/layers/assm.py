@@ -79,7 +79,9 @@ class AttentiveStateSpace(nn.Module):
         b, length, c = x.shape
         h, w = size
         prompt, route = self._prompts(x, basis)
-        order = torch.sort(route, dim=-1, stable=True).indices  # (B, L): semantic neighbours side by side
+        # (B, L): semantic neighbours side by side, in token order within a route: the stable sort of the routes,
+        # as the argsort of keys that are all distinct (an ordinary sort, so that it exports to ONNX's TopK)
+        order = torch.argsort(route * length + torch.arange(length, device=route.device), dim=-1)
 
         feats = self.in_proj(rearrange(x, "b (h w) c -> b c h w", h=h, w=w))
         feats = feats * torch.sigmoid(self.CPE(feats))

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ssmir.ops.export_scan import exporting
+
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C), windows in row-major order."""
@@ -37,6 +39,20 @@ def relative_position_index(ws: int) -> torch.Tensor:
 def shifted_window_mask(h: int, w: int, ws: int) -> torch.Tensor:
     """(nW, ws*ws, ws*ws) additive mask (0 / -100) keeping attention inside regions after a ws/2 cyclic shift."""
     return _shifted_window_mask(h, w, ws)[0]
+
+
+def shifted_window_mask_traced(h, w, ws: int, device=None) -> torch.Tensor:
+    """``shifted_window_mask`` from tensor operations, for graphs exported with symbolic height and width."""
+    shift = ws // 2
+
+    def regions(n):  # 0 before the last window, 1 in its first half, 2 in its second half
+        i = torch.arange(n, device=device)
+        return (i >= n - ws).long() + (i >= n - shift).long()
+
+    region = (regions(h)[:, None] * 3 + regions(w)[None, :])[None, :, :, None].float()  # (1, H, W, 1)
+    win = window_partition(region, ws).squeeze(-1)  # (nW, ws*ws)
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return torch.where(diff != 0, -100.0, 0.0)
 
 
 def masked_windows(h: int, w: int, ws: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +99,13 @@ class WindowAttention(nn.Module):
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
         bias = bias.unsqueeze(0).to(q.dtype)
-        if mask is None:
+        if exporting():  # the written-out attention: MatMul / Add / Softmax in the exported graph
+            logits = (q * self.scale) @ k.transpose(-2, -1) + bias
+            if mask is not None:
+                nw = mask.shape[0]
+                logits = (logits.view(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]).flatten(0, 1)
+            out = logits.softmax(dim=-1) @ v
+        elif mask is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         else:
             nw = mask.shape[0]

@@ -97,6 +97,7 @@ class EAMamba(nn.Module):
 
     size_multiple = 8  # three 2x downsamplings
     eval_pad_multiple = 8  # the official test datasets reflect-pad every input to a multiple of 8
+    onnx_fixed_size = "its all-around scan orders are computed for one image size"
 
     def __init__(self, inp_channels=3, out_channels=3, dim=64, num_blocks=(4, 6, 6, 7), num_refinement_blocks=2,
                  ffn_expansion_factor=2.0, bias=False, layernorm_type=None, dual_pixel_task=False,
@@ -182,6 +183,7 @@ class EAMambaSR(nn.Module):
     """
 
     eval_pad_multiple = 8  # the official test datasets reflect-pad every input to a multiple of 8
+    onnx_fixed_size = "its all-around scan orders are computed for one image size"
 
     def __init__(self, inp_channels=3, out_channels=3, dim=64, num_blocks=(4, 4, 4, 4), ffn_expansion_factor=2.0,
                  bias=False, layernorm_type=None, checkpoint_percentage=0.0, channel_mixer_type="Simple", upscale=2,

@@ -25,6 +25,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the architecture."""
 
 
+# ssmir's .safetensors carry the architecture twice: in the file's metadata, and as this uint8 tensor of JSON,
+# so that tools that read the tensors only (spandrel, hence chaiNNer and ComfyUI) can rebuild the model too
+CONFIG_TENSOR = "__ssmir_config__"
+
+
+def config_to_tensor(spec: dict) -> torch.Tensor:
+    """``{"name", "args"}`` as a uint8 tensor of its JSON text."""
+    return torch.tensor(list(json.dumps({"name": spec["name"], "args": spec["args"]}).encode()), dtype=torch.uint8)
+
+
+def config_from_tensor(tensor: torch.Tensor) -> dict:
+    """The ``{"name", "args"}`` written by ``config_to_tensor``."""
+    spec = json.loads(bytes(tensor.to(torch.uint8).tolist()).decode())
+    return {"name": spec["name"], "args": spec.get("args") or {}}
+
+
 def _read_pth(path: Path, trust_pickle: bool) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
@@ -80,9 +96,12 @@ def read_checkpoint(path: str | os.PathLike, ema: bool = True, trust_pickle: boo
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         sd, meta = _read_safetensors(path)
+        embedded = sd.pop(CONFIG_TENSOR, None)
         spec = None
         if "ssmir_name" in meta:
             spec = {"name": meta["ssmir_name"], "args": json.loads(meta.get("ssmir_args", "{}"))}
+        elif embedded is not None:
+            spec = config_from_tensor(embedded)
         spec = spec or _sidecar_config(path)
         return sd, spec
     obj = _read_pth(path, trust_pickle)
@@ -165,12 +184,14 @@ def load_model(path: str | os.PathLike, name: str | None = None, args: dict | No
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write weights as safetensors with the architecture in its metadata; atomic (temp file, then rename)."""
+    """Write weights as safetensors with the architecture in its metadata (and in ``CONFIG_TENSOR``); atomic
+    (temp file, then rename)."""
     from safetensors.torch import save_file
 
     cfg = getattr(model, "ssmir_config", None)
     if cfg is None:
         raise ValueError("save_model: the model was not built by ssmir.models.create, so its args are unknown")
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd[CONFIG_TENSOR] = config_to_tensor(cfg)
     meta = {"ssmir_name": cfg["name"], "ssmir_args": json.dumps(cfg["args"]), "format": "pt"}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))

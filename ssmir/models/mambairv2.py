@@ -22,10 +22,12 @@ from ssmir.layers.window_attention import (
     masked_windows,
     relative_position_index,
     shifted_window_mask,
+    shifted_window_mask_traced,
     window_partition,
     window_reverse,
 )
 from ssmir.models.registry import register, register_detector
+from ssmir.ops.export_scan import exporting
 
 UPSAMPLERS = ("", "pixelshuffle", "pixelshuffledirect", "nearest+conv")
 
@@ -105,8 +107,11 @@ class AttentiveLayer(nn.Module):
         mask = windows = None
         if shift > 0:
             qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
-            mask = shifted_window_mask(h, w, ws).to(x.device, x.dtype)
-            windows = tuple(i.to(x.device) for i in masked_windows(h, w, ws))
+            if exporting():  # from tensor operations: the exported graph keeps height and width symbolic
+                mask = shifted_window_mask_traced(h, w, ws, x.device).to(x.dtype)
+            else:
+                mask = shifted_window_mask(h, w, ws).to(x.device, x.dtype)
+                windows = tuple(i.to(x.device) for i in masked_windows(h, w, ws))
         attn = self.win_mhsa(window_partition(qkv, ws), rpi, mask, windows)
         attn = window_reverse(attn, ws, h, w)
         if shift > 0:

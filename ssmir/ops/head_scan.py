@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor  # noqa: F401 (the custom operators' annotations are resolved at module scope)
 
+from ssmir.ops.export_scan import exporting
 from ssmir.ops.selective_scan import (
     _NUMBA_CHUNK,
     _SCAN_CLOCK,
@@ -56,21 +57,32 @@ def _check(u, delta, A, B, C, D, delta_bias, orders, c_offset):
 
 
 def _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend):
-    """Gather every head into its order, ``selective_scan``, put the outputs back: (batch, L, heads, d)."""
+    """Gather every head into its order, ``selective_scan``, put the outputs back: (batch, L, heads, d).
+
+    Orders shared by the batch are applied per head with ``index_select`` (an exported graph then holds one
+    (L,) index per head, not an index of the features' size); per-image orders with ``gather``.
+    """
     nb, L, K, d = u.shape
-    idx = orders.to(u.device).expand(nb, K, L)
+    orders = orders.to(u.device)
+    shared = orders.shape[0] == 1
 
     def in_order(t):  # (batch, L, K, X) -> (batch, K, X, L), step t of head k holding token orders[k, t]
+        if shared:
+            return torch.stack([t[:, :, k].index_select(1, orders[0, k]) for k in range(K)], dim=1).transpose(2, 3)
         t = t.permute(0, 2, 3, 1)
-        return torch.gather(t, 3, idx[:, :, None, :].expand(-1, -1, t.shape[2], -1))
+        return torch.gather(t, 3, orders.expand(nb, K, L)[:, :, None, :].expand(-1, -1, t.shape[2], -1))
 
     Cs = in_order(C)
     if c_offset is not None:  # by scan position: added after the gather
         Cs = Cs + c_offset.permute(0, 2, 3, 1)
     y = selective_scan(in_order(u).reshape(nb, K * d, L), in_order(delta).reshape(nb, K * d, L), A, in_order(B),
                        Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus, backend=backend)
-    out = torch.zeros_like(y.view(nb, K, d, L)).scatter(3, idx[:, :, None, :].expand(-1, -1, d, -1),
-                                                         y.view(nb, K, d, L))
+    y = y.view(nb, K, d, L)
+    inverse = torch.argsort(orders, dim=-1)  # step of each token
+    if shared:
+        out = torch.stack([y[:, k].index_select(2, inverse[0, k]) for k in range(K)], dim=1)
+    else:
+        out = torch.gather(y, 3, inverse.expand(nb, K, L)[:, :, None, :].expand(-1, -1, d, -1))
     return out.permute(0, 3, 1, 2)
 
 
@@ -210,7 +222,7 @@ def scan_heads_in_orders(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     if orders is None:
         orders = torch.arange(L).expand(K, L)
     orders = _check(u, delta, A, B, C, D, delta_bias, orders, c_offset)
-    if u.device.type == "meta":
+    if u.device.type == "meta" or exporting():  # export: plain operations (``ssmir.ops.export_scan``)
         return _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend)
     name = resolve_backend(u.device, backend)
     if name != "numba":

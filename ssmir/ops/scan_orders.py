@@ -204,6 +204,13 @@ def four_way_orders(h: int, w: int) -> torch.Tensor:
     return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
 
 
+def four_way_orders_traced(h, w, device=None) -> torch.Tensor:
+    """``four_way_orders`` from tensor operations, for graphs exported with symbolic height and width."""
+    rows = torch.arange(h * w, device=device)
+    cols = rows.view(h, w).t().reshape(-1)
+    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+
+
 @functools.lru_cache(maxsize=256)
 def four_way_inverses(h: int, w: int) -> torch.Tensor:
     """Row-wise inverses of ``four_way_orders``."""

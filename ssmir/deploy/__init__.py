@@ -1,0 +1,1 @@
+"""Deployment beyond PyTorch eager: ONNX export (``ssmir.deploy.onnx``)."""
