@@ -1,17 +1,17 @@
 """ssmir's architectures in spandrel, the model loader of chaiNNer, ComfyUI and other upscaling tools.
 
-``install()`` adds EAMamba, EAMambaSR, MambaIRv2 and MambaIRv2-Light to spandrel's ``MAIN_REGISTRY`` (or
+``install()`` adds EAMamba, EAMambaSR, MambaIR (v1), MambaIRv2 and MambaIRv2-Light to spandrel's ``MAIN_REGISTRY`` (or
 the registry given), as ``spandrel-extra-arches`` does for its architectures. Afterwards
 ``spandrel.ModelLoader().load_from_file(path)`` recognises, by their contents:
 
 - official EAMamba checkpoints (``{"model": {"name", "args", "sd", "sd_e"}}``; the EMA weights are loaded),
-- BasicSR MambaIRv2 / MambaIRv2-Light checkpoints (``params_ema`` / ``params``; the args are rebuilt from
+- BasicSR MambaIR / MambaIRv2 / MambaIRv2-Light checkpoints (``params_ema`` / ``params``; the args are rebuilt from
   the keys and shapes, as ``ssmir.load_model`` does),
 - ssmir ``.safetensors`` files (their architecture is stored in a ``__ssmir_config__`` tensor),
 
 and returns an ``ImageModelDescriptor`` whose model is ssmir's module. Detection claims nothing else:
 EAMamba files are recognised by their stored architecture (its scan orders cannot be read from weights), and
-MambaIRv2 files by keys that only it has. EmambaIR (a frame plus events) is not an image-to-image model and
+MambaIR files by keys that only they have. EmambaIR (a frame plus events) is not an image-to-image model and
 is not registered.
 
 In ComfyUI or chaiNNer (with ssmir installed in their Python environment)::
@@ -28,6 +28,7 @@ from ssmir.models.loading import CONFIG_TENSOR, config_from_tensor
 ARCHITECTURES = {
     "EAMamba": ("eamamba", "EAMamba"),
     "EAMambaSR": ("eamambasr", "EAMamba-SR (lightweight)"),
+    "MambaIR": ("mambair", "MambaIR"),
     "MambaIRv2": ("mambairv2", "MambaIRv2"),
     "MambaIRv2Light": ("mambairv2light", "MambaIRv2-Light"),
 }
@@ -63,10 +64,13 @@ def resolve(state_dict: dict) -> tuple[str, dict, dict] | None:
             return None
         weights = {k: v for k, v in state_dict.items() if k != CONFIG_TENSOR}
         return spec["name"], spec["args"], weights
-    from ssmir.models.mambairv2 import detect
+    from ssmir.models import mambair, mambairv2
 
-    found = detect(state_dict)  # BasicSR MambaIRv2(-Light): keys only this architecture has
-    return (found[0], found[1], state_dict) if found is not None else None
+    for family in (mambair, mambairv2):  # BasicSR MambaIR files: keys only these architectures have
+        found = family.detect(state_dict)
+        if found is not None:
+            return found[0], found[1], state_dict
+    return None
 
 
 def architectures():

@@ -14,9 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.layers.norms import LayerNorm2d
-from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
-from ssmir.ops.export_scan import exporting
-from ssmir.ops.scan_orders import four_way_orders, four_way_orders_traced
+from ssmir.layers.ssm_heads import add_scan_parameters, four_way_scan, init_scan_parameters
 
 TOPK_FRACTIONS = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
 
@@ -104,9 +102,7 @@ class FourWayScan(nn.Module):
         z = self.in_proj1(rearrange(z, "b c h w -> b (h w) c"))
         x = self.conv2d(x.view(b, h, w, self.d_inner).permute(0, 3, 1, 2))  # a channels-last view of the tokens
         x = F.silu(x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner))
-        heads = x.unsqueeze(2).expand(b, length, 4, self.d_inner)  # every head scans all channels
-        orders = four_way_orders_traced(h, w, x.device) if exporting() else four_way_orders(h, w)
-        y = scan_tokens(self, heads, orders).sum(dim=2)  # (B, L, d_inner)
+        y = four_way_scan(self, x, h, w)  # (B, L, d_inner)
         y = self.out_norm(y.to(z.dtype)) * F.silu(z)
         return rearrange(self.out_proj(y), "b (h w) c -> b c h w", h=h, w=w)
 

@@ -13,7 +13,9 @@ import math
 import torch
 from torch import nn
 
+from ssmir.ops.export_scan import exporting
 from ssmir.ops.head_scan import scan_heads_in_orders
+from ssmir.ops.scan_orders import four_way_orders, four_way_orders_traced
 
 
 def add_scan_parameters(module: nn.Module, heads: int, d_head: int, d_state: int, dt_rank: int) -> None:
@@ -67,3 +69,14 @@ def scan_tokens(module: nn.Module, x: torch.Tensor, orders: torch.Tensor | None 
         delta_bias=module.dt_projs_bias.float().view(-1), delta_softplus=True, orders=orders,
         c_offset=None if c_offset is None else c_offset.float(),
     )
+
+
+def four_way_scan(module: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """VMamba's SS2D core: every channel scanned along rows, columns and both reversed (four heads of the
+    module's scan parameters), the four outputs summed. x (B, H*W, d) tokens in row-major order ->
+    (B, H*W, d) float32.
+    """
+    b, length, d = x.shape
+    heads = x.unsqueeze(2).expand(b, length, 4, d)  # every head scans all channels
+    orders = four_way_orders_traced(h, w, x.device) if exporting() else four_way_orders(h, w)
+    return scan_tokens(module, heads, orders).sum(dim=2)

@@ -126,7 +126,7 @@ class AttentiveLayer(nn.Module):
         return shortcut * self.scale2 + x
 
 
-def _residual_conv(dim: int, kind: str) -> nn.Module | None:
+def residual_conv(dim: int, kind: str) -> nn.Module | None:
     """The conv after a group of layers; None for a ``resi_connection`` the official code builds no conv for."""
     if kind == "1conv":
         return nn.Conv2d(dim, dim, 3, 1, 1)
@@ -137,11 +137,54 @@ def _residual_conv(dim: int, kind: str) -> nn.Module | None:
     return None
 
 
-def _apply_residual_conv(conv: nn.Module | None, x: torch.Tensor, owner: str) -> torch.Tensor:
+def apply_residual_conv(conv: nn.Module | None, x: torch.Tensor, owner: str) -> torch.Tensor:
     if conv is None:
         raise NotImplementedError(f"{owner}: resi_connection is neither '1conv' nor '3conv', so the network has no "
                                   "residual convolution and cannot run (the official code fails here too)")
     return conv(x)
+
+
+def build_reconstruction(model: nn.Module, upsampler: str, embed_dim: int, in_chans: int) -> None:
+    """The official SwinIR-style heads, with their module names, on ``model`` (whose ``upscale`` is set):
+    'pixelshuffle' (classic SR), 'pixelshuffledirect' (lightweight SR), 'nearest+conv' (x4), else a
+    conv back to the image (denoising / JPEG, no upscaling: ``model.upscale`` becomes 1)."""
+    num_feat = 64
+    if upsampler in ("pixelshuffle", "nearest+conv"):
+        model.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+    if upsampler == "pixelshuffle":
+        model.upsample = PixelShuffleUpscale(model.upscale, num_feat)
+        model.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+    elif upsampler == "pixelshuffledirect":
+        model.upsample = nn.Sequential(nn.Conv2d(embed_dim, model.upscale**2 * in_chans, 3, 1, 1),
+                                       nn.PixelShuffle(model.upscale))
+    elif upsampler == "nearest+conv":
+        model.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        model.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        model.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        model.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+    else:
+        model.upscale = 1  # denoising / JPEG: the official forward ignores `upscale` here
+        model.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+
+
+def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Shallow conv, ``model._deep_features`` with the long skip, and the head of ``build_reconstruction``;
+    x is the normalised input, the result is still normalised."""
+    if model.upsampler == "pixelshuffle":
+        x = model.conv_first(x)
+        x = model._deep_features(x) + x
+        return model.conv_last(model.upsample(model.conv_before_upsample(x)))
+    if model.upsampler == "pixelshuffledirect":
+        x = model.conv_first(x)
+        return model.upsample(model._deep_features(x) + x)
+    if model.upsampler == "nearest+conv":
+        x = model.conv_first(x)
+        x = model.conv_before_upsample(model._deep_features(x) + x)
+        x = F.leaky_relu(model.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+        x = F.leaky_relu(model.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
+        return model.conv_last(F.leaky_relu(model.conv_hr(x), 0.2))
+    first = model.conv_first(x)
+    return x + model.conv_last(model._deep_features(first) + first)
 
 
 class AttentiveStateSpaceGroup(nn.Module):
@@ -155,13 +198,13 @@ class AttentiveStateSpaceGroup(nn.Module):
                            **layer_args)
             for i in range(depth)
         ])
-        self.conv = _residual_conv(dim, resi_connection)
+        self.conv = residual_conv(dim, resi_connection)
 
     def forward(self, x, size, rpi):
         y = x
         for layer in self.residual_group.layers:
             y = layer(y, size, rpi)
-        return _to_tokens(_apply_residual_conv(self.conv, _to_map(y, *size), "mambairv2")) + x
+        return _to_tokens(apply_residual_conv(self.conv, _to_map(y, *size), "mambairv2")) + x
 
 
 class _MambaIRv2Base(nn.Module):
@@ -224,29 +267,9 @@ class _MambaIRv2Base(nn.Module):
             for depth, heads in zip(depths, num_heads, strict=True)
         ])
         self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = _residual_conv(embed_dim, resi_connection)
+        self.conv_after_body = residual_conv(embed_dim, resi_connection)
 
-        num_feat = 64
-        if upsampler == "pixelshuffle":
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
-                                                      nn.LeakyReLU(inplace=True))
-            self.upsample = PixelShuffleUpscale(self.upscale, num_feat)
-            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        elif upsampler == "pixelshuffledirect":
-            self.upsample = nn.Sequential(nn.Conv2d(embed_dim, self.upscale**2 * in_chans, 3, 1, 1),
-                                          nn.PixelShuffle(self.upscale))
-        elif upsampler == "nearest+conv":
-            if self.upscale != 4:
-                raise ValueError(f"{name}: upsampler 'nearest+conv' supports upscale 4 only, got {upscale}")
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
-                                                      nn.LeakyReLU(inplace=True))
-            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        else:
-            self.upscale = 1  # denoising / JPEG: the official forward ignores `upscale` here
-            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        build_reconstruction(self, upsampler, embed_dim, in_chans)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -281,7 +304,7 @@ class _MambaIRv2Base(nn.Module):
         return _to_map(self.norm(tokens), h, w)
 
     def _deep_features(self, x):
-        return _apply_residual_conv(self.conv_after_body, self.forward_features(x), self.registry_name)
+        return apply_residual_conv(self.conv_after_body, self.forward_features(x), self.registry_name)
 
     def forward(self, x):
         h0, w0 = x.shape[-2:]
@@ -292,23 +315,7 @@ class _MambaIRv2Base(nn.Module):
         x = torch.cat([x, torch.flip(x, [3])], 3)[:, :, :, :w]
         x = (x - self.mean.to(x.dtype)) * self.img_range
 
-        if self.upsampler == "pixelshuffle":
-            x = self.conv_first(x)
-            x = self._deep_features(x) + x
-            x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-        elif self.upsampler == "pixelshuffledirect":
-            x = self.conv_first(x)
-            x = self.upsample(self._deep_features(x) + x)
-        elif self.upsampler == "nearest+conv":
-            x = self.conv_first(x)
-            x = self.conv_before_upsample(self._deep_features(x) + x)
-            x = F.leaky_relu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
-            x = F.leaky_relu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2)
-            x = self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
-        else:
-            first = self.conv_first(x)
-            x = x + self.conv_last(self._deep_features(first) + first)
-
+        x = reconstruct(self, x)
         x = x / self.img_range + self.mean.to(x.dtype)
         return x[..., : h0 * self.upscale, : w0 * self.upscale]
 

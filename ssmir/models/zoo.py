@@ -1,7 +1,7 @@
 """Model zoo: named task entries (task + architecture + official config).
 
 Official weights are not downloaded by ssmir. Get them from the projects' release pages
-(EAMamba: the links in the `daidaijr/EAMamba` README; MambaIRv2: the `csguoh/MambaIR` README; EmambaIR
+(EAMamba: the links in the `daidaijr/EAMamba` README; MambaIR and MambaIRv2: the `csguoh/MambaIR` README; EmambaIR
 has released no weights) and
 pass the file with ``--weights FILE`` / ``ssmir.load_model(FILE, name=ENTRY)``; the entry supplies the
 architecture args for files that do not carry them. ``ssmir models`` lists the entries.
@@ -56,6 +56,10 @@ _V2_LARGE = dict(_V2, depths=[6] * 9, num_heads=[6] * 9)
 _V2_LIGHT = dict(_V2, embed_dim=48, d_state=8, depths=[5] * 4, num_heads=[4] * 4, inner_rank=32, num_tokens=64,
                  mlp_ratio=1.0, upsampler="pixelshuffledirect")
 
+_V1 = {"in_chans": 3, "img_range": 1.0, "embed_dim": 180, "d_state": 16, "depths": [6] * 6, "mlp_ratio": 2.0,
+       "upsampler": "pixelshuffle", "resi_connection": "1conv"}
+_V1_LIGHT = dict(_V1, embed_dim=60, d_state=10, depths=[6] * 4, mlp_ratio=1.2, upsampler="pixelshuffledirect")
+
 
 def _entries() -> list[ZooEntry]:
     e = [
@@ -86,6 +90,16 @@ def _entries() -> list[ZooEntry]:
                    dict(_V2, upscale=1), f"train_MambaIRv2_ColorDN_level{s}") for s in (15, 25, 50)]
     e += [ZooEntry(f"mambairv2-jpeg-q{q}", f"JPEG artefact removal, grayscale, quality {q}", "mambairv2",
                    dict(_V2, in_chans=1, upscale=1), f"train_MambaIRv2_CAR_q{q}") for q in (10, 30, 40)]
+    e += [ZooEntry(f"mambair-sr-x{s}", f"classic SR x{s} (MambaIR v1)", "mambair", dict(_V1, upscale=s),
+                   f"train_MambaIR_SR_x{s}") for s in (2, 3, 4)]
+    e += [ZooEntry(f"mambair-light-sr-x{s}", f"lightweight classic SR x{s} (MambaIR v1)", "mambair",
+                   dict(_V1_LIGHT, upscale=s), f"train_MambaIR_lightSR_x{s}") for s in (2, 3, 4)]
+    e += [ZooEntry(f"mambair-denoise-color-s{s}", f"Gaussian colour denoising sigma {s} (MambaIR v1)", "mambair",
+                   dict(_V1, upscale=1, upsampler="", mlp_ratio=1.2), f"train_MambaIR_ColorDN_level{s}")
+          for s in (15, 25, 50)]
+    e += [ZooEntry(f"mambair-jpeg-q{q}", f"JPEG artefact removal, grayscale, quality {q} (MambaIR v1)", "mambair",
+                   dict(_V1, in_chans=1, upscale=1, upsampler="", mlp_ratio=1.2), f"train_MambaIR_CAR_q{q}")
+          for q in (10, 30, 40)]
     e += [ZooEntry("emambair-event-deblur", "event-guided deblurring (frame + 6-bin event voxel grid)", "emambair",
                    {"in_chn": 3, "ev_chn": 6, "wf": 48, "depth": 3, "num_heads": [1, 2, 4]}, "default")]
     return e

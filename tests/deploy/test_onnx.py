@@ -20,6 +20,8 @@ MODELS = {
                                  mamba_cfg=dict(CFG, scan_type="hilbert")), (16, 24)),
     "eamambasr": (lambda: M.create("eamambasr", dim=8, num_blocks=[1], upscale=2, ffn_expansion_factor=1,
                                    mamba_cfg=CFG), (12, 20)),
+    "mambair": (lambda: M.create("mambair", upscale=2, upsampler="pixelshuffle", embed_dim=30, d_state=4, depths=[1],
+                                 mlp_ratio=1.2), (12, 10)),
     "mambairv2": (lambda: M.create("mambairv2", upscale=1, upsampler="", **V2), (12, 16)),
     "mambairv2light": (lambda: M.create("mambairv2light", upscale=2, upsampler="pixelshuffledirect", **V2), (8, 12)),
     "emambair": (lambda: M.create("emambair", wf=8, depth=2, num_heads=[1, 2]), (32, 32)),
@@ -42,8 +44,8 @@ def run_both(model, path, h, w, seed):
     return ((out - ref).abs().max() / scale).item()
 
 
-@pytest.mark.parametrize("name", [pytest.param("eamamba", marks=pytest.mark.slow), "eamambasr", "mambairv2",
-                                  "mambairv2light", "emambair"])
+@pytest.mark.parametrize("name", [pytest.param("eamamba", marks=pytest.mark.slow), "eamambasr", "mambair",
+                                  "mambairv2", "mambairv2light", "emambair"])
 def test_fixed_size_export_runs_in_onnxruntime_with_the_pytorch_result(name, tmp_path):
     build, (h, w) = MODELS[name]
     torch.manual_seed(0)
@@ -57,7 +59,7 @@ def test_fixed_size_export_runs_in_onnxruntime_with_the_pytorch_result(name, tmp
     assert [i[0] for i in report.inputs] == ["image", "events"][: len(model.input_channels)]
 
 
-@pytest.mark.parametrize("name", ["mambairv2light", pytest.param("emambair", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["mambair", "mambairv2light", pytest.param("emambair", marks=pytest.mark.slow)])
 def test_dynamic_export_is_one_graph_for_other_sizes(name, tmp_path):
     build, (h, w) = MODELS[name]
     model = build().eval()

@@ -20,6 +20,7 @@ from ssmir.models.loading import save_model
 
 CFG = {"scan_type": "diagonal", "scan_count": 4, "scan_merge_method": "concate", "d_state": 4, "d_conv": 3,
        "expand": 1, "conv_2d": True}
+V1 = dict(embed_dim=30, d_state=4, depths=[1, 1], mlp_ratio=1.2)
 V2 = dict(embed_dim=12, d_state=4, depths=[1], num_heads=[2], window_size=4, inner_rank=4, num_tokens=4, mlp_ratio=1.0)
 
 
@@ -27,7 +28,7 @@ V2 = dict(embed_dim=12, d_state=4, depths=[1], num_heads=[2], window_size=4, inn
 def loader():
     registry = spandrel.MAIN_REGISTRY.copy()  # the global registry stays as it is
     added = install(registry)
-    assert [a.architecture.id for a in added] == ["EAMamba", "EAMambaSR", "MambaIRv2", "MambaIRv2Light"]
+    assert [a.architecture.id for a in added] == ["EAMamba", "EAMambaSR", "MambaIR", "MambaIRv2", "MambaIRv2Light"]
     return spandrel.ModelLoader(registry=registry)
 
 
@@ -80,8 +81,11 @@ def test_official_eamamba_checkpoints(loader, tmp_path):
     ("mambairv2light", dict(V2, upscale=2, upsampler="pixelshuffledirect"), "MambaIRv2Light", "SR", 2),
     ("mambairv2", dict(V2, upscale=3, upsampler="pixelshuffle"), "MambaIRv2", "SR", 3),
     ("mambairv2", dict(V2, upscale=1, upsampler=""), "MambaIRv2", "Restoration", 1),
+    ("mambair", dict(V1, upscale=2, upsampler="pixelshuffledirect"), "MambaIR", "SR", 2),
+    ("mambair", dict(V1, upscale=4, upsampler="pixelshuffle"), "MambaIR", "SR", 4),
+    ("mambair", dict(V1, upscale=1, resi_connection="3conv"), "MambaIR", "Restoration", 1),
 ])
-def test_basicsr_mambairv2_checkpoints(loader, tmp_path, name, args, arch_id, purpose, scale):
+def test_basicsr_mambair_checkpoints(loader, tmp_path, name, args, arch_id, purpose, scale):
     model = _basicsr_file(tmp_path / "net_g.pth", name, args)
     _check(loader.load_from_file(tmp_path / "net_g.pth"), model, arch_id, purpose, scale)
 
