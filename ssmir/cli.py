@@ -479,6 +479,10 @@ def test_cmd(
     dataset: str | None = typer.Option(None, "--dataset", help="Benchmark name (see --list)."),
     root: Path | None = typer.Option(None, "--root", help="The dataset's folder."),
     test_config: Path | None = typer.Option(None, "--test-config", help="An official configs/test/*.yaml."),
+    config: Path | None = typer.Option(None, "--config", help="A BasicSR test option file (MambaIR's "
+                                       "options/test/*.yml): every test set, scored as BasicSR scores it."),
+    set_: list[str] = typer.Option([], "--set", help="With --config: override a key, e.g. "
+                                   "datasets.test_1.dataroot_gt=DIR (repeatable)."),
     arch: str | None = typer.Option(None, "--arch", help="Architecture or zoo entry, for files that do not say."),
     sigma: float | None = typer.Option(None, "--sigma", help="Noise level (0-255) for denoising sets."),
     scale: int | None = typer.Option(None, "--scale", help="SR scale: selects the inputs and the border crop."),
@@ -504,6 +508,14 @@ def test_cmd(
     if list_datasets:
         typer.echo(describe_layouts())
         return
+    if config is not None:
+        if dataset or test_config or ensemble or ensemble8 or tile or arch:
+            _fail("--config runs the option file as BasicSR does: --dataset, --test-config, --arch, --ensemble, "
+                  "--ensemble8 and --tile do not apply")
+        _test_basicsr(config, set_, weights, save, output, device, trust_checkpoint)
+        return
+    if set_:
+        _fail("--set applies to --config option files")
     try:
         if test_config is not None:
             if not test_config.is_file():
@@ -530,6 +542,27 @@ def test_cmd(
                f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} over {summary['images']} images, "
                f"{summary['seconds_per_image']:.2f} s/image")
     typer.echo(f"results: {files['csv']}, {files['md']}, {files['json']}")
+
+
+def _test_basicsr(config: Path, overrides: list[str], weights: Path | None, save: Path | None, output: Path | None,
+                  device: str, trust: bool):
+    from ssmir.data.benchmarks import DatasetError
+    from ssmir.eval.basicsr import OptionError, evaluate_options, load_network, read_options
+    from ssmir.eval.tester import write_results
+    from ssmir.models.loading import CheckpointError
+
+    try:
+        opt = read_options(config, overrides)
+        model = load_network(opt, weights, trust)
+        results = evaluate_options(opt, model, Path.cwd(), device=device, save_dir=save)
+    except (OptionError, DatasetError, CheckpointError, NotImplementedError, ValueError) as e:
+        _fail(f"{config}: {e}")
+    root = output or Path("results") / str(opt.get("name", config.stem))
+    for test_set, rows, summary in results:
+        files = write_results(rows, summary, root / test_set.name)
+        scores = ", ".join(f"{k} {summary[k]:.4f}" for k in opt["val"]["metrics"])
+        typer.echo(f"{test_set.name}: {scores} over {summary['images']} images ({summary['metric']}), "
+                   f"{summary['seconds_per_image']:.2f} s/image; {files['csv']}")
 
 
 export_app = typer.Typer(help="Write results in the layouts official evaluation scripts read, or a model as ONNX.",

@@ -103,11 +103,12 @@ def write_results(rows: list[dict], summary: dict, out_dir: Path) -> dict[str, P
     """per_image.csv, summary.json and summary.md in ``out_dir``, each written atomically."""
     out_dir = Path(out_dir)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "psnr", "ssim", "seconds"])
+    fields = list(rows[0]) if rows else ["image", "psnr", "ssim", "seconds"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in rows:
-        writer.writerow({"image": r["image"], "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.6f}",
-                         "seconds": f"{r['seconds']:.4f}"})
+        writer.writerow({k: f"{v:.4f}" if k in ("psnr", "seconds") else f"{v:.6f}" if isinstance(v, float) else v
+                         for k, v in r.items()})
     md = ["| " + " | ".join(summary) + " |", "|" + "---|" * len(summary),
           "| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in summary.values()) + " |"]
     files = {"csv": out_dir / "per_image.csv", "json": out_dir / "summary.json", "md": out_dir / "summary.md"}

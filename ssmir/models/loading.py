@@ -41,7 +41,7 @@ def config_from_tensor(tensor: torch.Tensor) -> dict:
     return {"name": spec["name"], "args": spec.get("args") or {}}
 
 
-def _read_pth(path: Path, trust_pickle: bool) -> dict:
+def read_pth(path: Path, trust_pickle: bool) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # corrupt, truncated, or a pickle that weights_only refuses
@@ -104,7 +104,7 @@ def read_checkpoint(path: str | os.PathLike, ema: bool = True, trust_pickle: boo
             spec = config_from_tensor(embedded)
         spec = spec or _sidecar_config(path)
         return sd, spec
-    obj = _read_pth(path, trust_pickle)
+    obj = read_pth(path, trust_pickle)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     spec = None
