@@ -418,9 +418,11 @@ def restore_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Path = typer.Option(..., "--config", help="Training YAML (the official EAMamba schema)."),
+    config: Path = typer.Option(..., "--config", help="Training YAML: the official EAMamba schema, or a BasicSR "
+                                "option file (MambaIR's options/train/*.yml)."),
     output: Path | None = typer.Option(None, "--output", help="Run folder [runs/<config stem>]."),
-    resume: str | None = typer.Option(None, "--resume", help="Checkpoint to continue from, or 'last'."),
+    resume: str | None = typer.Option(None, "--resume", help="Checkpoint to continue from, 'last', or a BasicSR "
+                                      "training_states/<iter>.state."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key.sub=value (repeatable)."),
     init: Path | None = typer.Option(None, "--init", help="Start from these weights (fine-tuning; any checkpoint "
                                      "ssmir loads, EMA weights preferred); same as the config's init_weights."),
@@ -457,8 +459,11 @@ def train_cmd(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     if trainer.acc.is_main_process:
-        extra = f", validation PSNR {result['psnr']:.2f} dB (input {result['input_psnr']:.2f} dB)" if "psnr" in result \
-            else ""
+        extra = ""
+        if "psnr" in result:
+            extra = f", validation PSNR {result['psnr']:.2f} dB"
+            if result.get("input_psnr") == result.get("input_psnr"):  # not NaN: the input is comparable
+                extra += f" (input {result['input_psnr']:.2f} dB)"
         typer.echo(f"stopped at iteration {result['iteration']}{extra}; checkpoints in {out}")
 
 

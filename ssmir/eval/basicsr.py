@@ -79,9 +79,43 @@ def network_spec(opt: dict) -> tuple[str, dict]:
     return ARCH_TYPES[kind], args
 
 
+def read_network(weights: str | Path, param_key: str | None = "params", trust_pickle: bool = False) -> dict:
+    """The state_dict BasicSR's ``load_network`` takes from a file: entry ``param_key`` (``params`` where the
+    key is absent), ``module.`` prefixes removed; ``.safetensors`` files as ssmir reads them."""
+    from ssmir.models.loading import CheckpointError, read_checkpoint, read_pth
+
+    weights = Path(weights)
+    if weights.suffix == ".safetensors":
+        return read_checkpoint(weights)[0]
+    obj = read_pth(weights, trust_pickle)
+    if param_key is not None and isinstance(obj, dict):
+        if param_key not in obj and "params" in obj:
+            param_key = "params"
+        if param_key not in obj:
+            raise CheckpointError(f"{weights}: no {param_key!r} entry (path.param_key_g); the file has "
+                                  f"{sorted(obj)[:8]}")
+        obj = obj[param_key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{weights}: no state_dict of tensors under path.param_key_g")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, sd: dict, strict: bool, source: str) -> None:
+    """``strict_load_g``: every key must fit (strict), or the keys present must fit in shape."""
+    from ssmir.models.loading import CheckpointError, load_state_dict_strict
+
+    if strict:
+        load_state_dict_strict(model, sd, source=source)
+        return
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{source}: shape mismatch even with strict_load_g false: {bad[:5]}")
+    model.load_state_dict(sd, strict=False)
+
+
 def load_network(opt: dict, weights: str | Path | None = None, trust_pickle: bool = False) -> nn.Module:
     """``network_g`` with the weights BasicSR's test would load (see the module docstring)."""
-    from ssmir.models.loading import CheckpointError, load_state_dict_strict, read_checkpoint, read_pth
     from ssmir.models.registry import create
 
     name, args = network_spec(opt)
@@ -89,31 +123,9 @@ def load_network(opt: dict, weights: str | Path | None = None, trust_pickle: boo
     weights = weights or paths.get("pretrain_network_g")
     if not weights:
         raise OptionError("no weights: set path.pretrain_network_g in the option file or pass --weights")
-    weights = Path(weights)
-    if weights.suffix == ".safetensors":
-        sd, _ = read_checkpoint(weights)
-    else:
-        obj = read_pth(weights, trust_pickle)
-        key = paths.get("param_key_g", "params")
-        if key is not None and isinstance(obj, dict):
-            if key not in obj and "params" in obj:
-                key = "params"
-            if key not in obj:
-                raise CheckpointError(f"{weights}: no {key!r} entry (path.param_key_g); the file has "
-                                      f"{sorted(obj)[:8]}")
-            obj = obj[key]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise CheckpointError(f"{weights}: no state_dict of tensors under path.param_key_g")
-        sd = {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+    sd = read_network(weights, paths.get("param_key_g", "params"), trust_pickle)
     model = create(name, **args)
-    if paths.get("strict_load_g", True):
-        load_state_dict_strict(model, sd, source=str(weights))
-    else:
-        own = model.state_dict()
-        bad = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
-        if bad:
-            raise CheckpointError(f"{weights}: shape mismatch even with strict_load_g false: {bad[:5]}")
-        model.load_state_dict(sd, strict=False)
+    load_weights(model, sd, bool(paths.get("strict_load_g", True)), str(weights))
     return model.eval()
 
 
@@ -338,7 +350,6 @@ def evaluate_options(opt: dict, model: nn.Module, base: Path = Path("."), device
     channels = int(getattr(model, "input_channels", (3,))[0])
     model = model.eval().to(device)
     suffix = (opt.get("val") or {}).get("suffix") or opt.get("name", "ssmir")
-    funcs = {"calculate_psnr": calculate_psnr, "calculate_ssim": calculate_ssim}
     results = []
     for test_set in sets:
         rows = []
@@ -348,19 +359,12 @@ def evaluate_options(opt: dict, model: nn.Module, base: Path = Path("."), device
                 raise DatasetError(f"{test_set.name}/{sample.name}: input has {lq.shape[0]} channels, the model "
                                    f"takes {channels}")
             start = time.perf_counter()
-            with torch.no_grad():
-                x = lq[None].to(device)
-                out = partition_forward(model, x, scale) if model_type in PARTITION_MODELS else model(x)
+            out, row = score(model, lq, gt, model_type, scale, metrics, device)
             seconds = time.perf_counter() - start
-            out = out[0].float().cpu()
             if out.shape != gt.shape:
                 raise DatasetError(f"{test_set.name}/{sample.name}: output {tuple(out.shape)} does not fit the "
                                    f"ground truth {tuple(gt.shape)} (wrong scale or model for this test set?)")
-            sr, ref = tensor2img(out), tensor2img(gt)
-            row = {"image": sample.name}
-            for name, spec in metrics.items():
-                row[name] = funcs[spec["type"]](sr, ref, int(spec.get("crop_border", 0)),
-                                                bool(spec.get("test_y_channel", False)))
+            row = {"image": sample.name, **row}
             row["seconds"] = seconds
             rows.append(row)
             if save_dir is not None:
@@ -371,6 +375,24 @@ def evaluate_options(opt: dict, model: nn.Module, base: Path = Path("."), device
                    "model_type": model_type, "device": str(device)}
         results.append((test_set, rows, summary))
     return results
+
+
+def score(model: nn.Module, lq: torch.Tensor, gt: torch.Tensor, model_type: str, scale: int, metrics: dict,
+          device="cpu") -> tuple[torch.Tensor, dict]:
+    """BasicSR's validation of one (C, H, W) input: the model's test (partitioned for the MambaIR models),
+    then ``metrics`` on the uint8 outputs. Returns the (C, sH, sW) output (CPU, unclamped) and the scores
+    (empty when the output does not fit the ground truth)."""
+    with torch.no_grad():
+        x = lq[None].to(device)
+        out = partition_forward(model, x, scale) if model_type in PARTITION_MODELS else model(x)
+    out = out[0].float().cpu()
+    if out.shape != gt.shape:
+        return out, {}
+    funcs = {"calculate_psnr": calculate_psnr, "calculate_ssim": calculate_ssim}
+    sr, ref = tensor2img(out), tensor2img(gt)
+    return out, {name: funcs[spec["type"]](sr, ref, int(spec.get("crop_border", 0)),
+                                            bool(spec.get("test_y_channel", False)))
+                 for name, spec in metrics.items()}
 
 
 def describe(metrics: dict) -> str:

@@ -1,7 +1,9 @@
 """The training config: EAMamba's YAML schema (every official config loads unchanged), validated.
 
 Unknown keys and wrong types raise ``ConfigError`` naming the key. ssmir adds a few optional keys:
-``seed``, ``loss`` (``l1`` or ``charbonnier``), ``mixed_precision`` (``no``, ``bf16``, ``fp16``).
+``seed``, ``loss`` (``l1`` or ``charbonnier``), ``mixed_precision`` (``no``, ``bf16``, ``fp16``). A BasicSR option
+file (a ``network_g`` section) is translated by ``ssmir.train.basicsr.from_options``, which also sets
+``loss_weight``, ``warmup_iter`` and ``basicsr`` (BasicSR's validation and checkpoint layout).
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ SCHEMA = {
     "seed": int,
     "loss": str,
     "mixed_precision": str,
+    "loss_weight": _NUM,
+    "warmup_iter": int,
+    "basicsr": dict,
 }
 REQUIRED = ("train_dataset", "model", "optimizer", "lr_scheduler", "total_iter")
 DEFAULTS = {"e_decay": 0.999, "use_grad_clip": True, "print_freq": 100, "val_freq": 1000, "val_img_save_freq_mult": 1,
             "save_checkpoint_freq": 10000, "save_last_freq": 100, "resume": None, "init_weights": None, "seed": 0,
             "loss": "l1",
-            "mixed_precision": "no", "progressive_train": None, "valid_dataset": None}
+            "mixed_precision": "no", "progressive_train": None, "valid_dataset": None, "loss_weight": 1.0,
+            "warmup_iter": -1, "basicsr": None}
 
 
 def _check(value, spec, key: str):
@@ -84,8 +90,9 @@ def validate(cfg: dict) -> dict:
             # the official loop indexes batch_sizes/crop_sizes by stage; extra entries (sidd recipe) are unused
             raise ConfigError("config key 'progressive_train': batch_sizes and crop_sizes need an entry per stage "
                               f"of iters ({n})")
-    if out["loss"] not in ("l1", "charbonnier"):
-        raise ConfigError(f"config key 'loss': expected l1 or charbonnier, got {out['loss']!r}")
+    losses = ("l1", "charbonnier", "mse", "charbonnier-basicsr")
+    if out["loss"] not in losses:
+        raise ConfigError(f"config key 'loss': expected one of {', '.join(losses)}, got {out['loss']!r}")
     if out["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ConfigError(f"config key 'mixed_precision': expected no, bf16 or fp16, got {out['mixed_precision']!r}")
     return out
@@ -122,4 +129,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {path}: not valid YAML ({e})") from None
+    from ssmir.train.basicsr import from_options, is_option_file
+
+    if is_option_file(cfg):  # a BasicSR option file (MambaIR, MambaIRv2)
+        return from_options(apply_overrides(cfg, list(overrides)))
     return validate(apply_overrides(cfg, list(overrides)))

@@ -211,6 +211,10 @@ class EventSequenceData(torch.utils.data.Dataset):
 
 def make_dataset(spec: dict, base: str | Path = ".", seed: int = 0, rank: int = 0, train: bool = True):
     """The dataset object for ``train_dataset.dataset`` / ``valid_dataset.dataset``."""
+    if spec.get("name") == "basicsr-paired-dataset":  # from a BasicSR option file (ssmir.train.basicsr)
+        from ssmir.train.basicsr import BasicSRPairedData
+
+        return BasicSRPairedData(spec.get("args") or {}, Path(base), seed, rank, train)
     if spec.get("name") == "event-sequence-dataset":
         unknown = sorted(set(spec.get("args") or {}) - _ARGS)
         if unknown:

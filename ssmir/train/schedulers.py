@@ -36,7 +36,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: dict):
         return cosine_restart_cyclic(optimizer, **args)
     if name == "MultiStepLR":
         return MultiStepLR(optimizer, **args)
-    raise ValueError(f"lr_scheduler.name {name!r} is not CosineAnnealingRestartCyclicLR or MultiStepLR")
+    if name == "CosineAnnealingRestartLR":  # BasicSR's (one eta_min for every cycle)
+        eta = args.pop("eta_min", 0.0)
+        periods = args.pop("periods")
+        return cosine_restart_cyclic(optimizer, periods, args.pop("restart_weights", [1] * len(periods)),
+                                     [eta] * len(periods), **args)
+    raise ValueError(f"lr_scheduler.name {name!r} is not CosineAnnealingRestartCyclicLR, CosineAnnealingRestartLR or "
+                     "MultiStepLR")
 
 
 def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:

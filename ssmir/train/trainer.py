@@ -79,6 +79,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg, self.output, self.base = cfg, Path(output), Path(base)
+        self.basicsr = cfg.get("basicsr")  # a BasicSR option file: its validation and checkpoint layout
+        self.lr_used: list[float] = []
         self.workers, self.stop_after, self.progress = workers, stop_after, progress
         self.acc = Accelerator(cpu=cpu, mixed_precision=cfg["mixed_precision"])
         seed = int(cfg["seed"])
@@ -98,6 +100,10 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_scheduler"])
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
         self.loss_fn = charbonnier if cfg["loss"] == "charbonnier" else F.l1_loss
+        if self.basicsr:
+            from ssmir.train.basicsr import make_loss
+
+            self.loss_fn = make_loss(cfg)
 
     def _check_crops(self):
         total = self.cfg["total_iter"]
@@ -138,6 +144,15 @@ class Trainer:
         schedule and iteration start fresh. A checkpoint of another architecture is refused by name."""
         from ssmir.models.loading import CheckpointError, load_state_dict_strict, read_checkpoint
 
+        if self.basicsr:  # path.pretrain_network_g, read as BasicSR reads it (param_key_g, strict_load_g)
+            from ssmir.eval.basicsr import load_weights, read_network
+
+            try:
+                sd = read_network(path, self.basicsr["param_key_g"])
+                load_weights(self.model, sd, self.basicsr["strict_load_g"], f"pretrain_network_g {path}")
+            except CheckpointError as e:
+                raise TrainingError(str(e)) from None
+            return
         try:
             sd, spec = read_checkpoint(path, ema=True)
             if spec and spec.get("name") and spec["name"] != self.cfg["model"]["name"]:
@@ -148,6 +163,9 @@ class Trainer:
             raise TrainingError(str(e)) from None
 
     def resume(self, path: Path) -> None:
+        if Path(path).suffix == ".state":  # BasicSR's training_states/<iter>.state
+            self._resume_basicsr(Path(path))
+            return
         if not Path(path).is_file():
             raise TrainingError(f"--resume {path}: no such checkpoint")
         try:
@@ -172,10 +190,82 @@ class Trainer:
         self.validations = state.get("validations", 0)
         self.iteration = int(ckpt["current_iter"])
 
+    def _resume_basicsr(self, path: Path) -> None:
+        """Continue from a BasicSR training state and its ``models/net_g_<iter>.pth`` (``params``, and
+        ``params_ema`` for the EMA where present)."""
+        from torch.optim.lr_scheduler import LambdaLR
+
+        from ssmir.eval.basicsr import read_network
+        from ssmir.models.loading import CheckpointError, load_state_dict_strict
+        from ssmir.train.basicsr import network_of_state, read_state
+
+        state = read_state(path)
+        net = network_of_state(path, int(state["iter"]))
+        try:
+            load_state_dict_strict(self.acc.unwrap_model(self.model), read_network(net, "params"), str(net))
+            load_state_dict_strict(self.ema, read_network(net, "params_ema"), str(net))
+            self.optimizer.load_state_dict(state["optimizers"][0])
+        except (CheckpointError, ValueError) as e:
+            raise TrainingError(f"resume_state {path}: {e}") from None
+        sched = dict((state.get("schedulers") or [{}])[0])
+        if isinstance(self.scheduler, LambdaLR) or "milestones" not in sched:
+            self.scheduler.last_epoch = int(sched.get("last_epoch", int(state["iter"]) - 1))
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        else:
+            sched["milestones"] = collections.Counter(sched["milestones"])
+            self.scheduler.load_state_dict(sched)
+        self.scheduler.step()  # BasicSR's state is one step behind ssmir's (it steps at an iteration's start)
+        self.iteration = int(state["iter"])
+
+    def _save_basicsr(self, iteration: int | None) -> None:
+        """BasicSR's files: ``models/net_g_<iter>.pth`` and ``training_states/<iter>.state``, or
+        ``models/net_g_latest.pth`` (``iteration`` None) at the end."""
+        from ssmir.train.basicsr import save_network, save_state
+
+        net = self.acc.unwrap_model(self.model)
+        ema = self.ema if float(self.cfg["e_decay"]) > 0 else None
+        tag = "latest" if iteration is None else str(iteration)
+        save_network(self.output / "models" / f"net_g_{tag}.pth", net, ema)
+        if iteration is not None:
+            save_state(self.output / "training_states" / f"{iteration}.state", iteration, self.optimizer,
+                       self.scheduler, self.lr_used)
+
     # ------------------------------------------------------------------ validation
 
     @torch.no_grad()
+    def _validate_basicsr(self) -> dict:
+        """BasicSR's validation: the EMA network (the network itself without EMA) on every val image, its
+        metrics on uint8 outputs; ``psnr``/``ssim`` are the first metrics of those types."""
+        from ssmir.eval.basicsr import score
+
+        b = self.basicsr
+        net = self.ema if float(self.cfg["e_decay"]) > 0 else self.acc.unwrap_model(self.model)
+        was_training = net.training
+        net.eval()
+        totals = collections.defaultdict(float)
+        n = self.valid_data.validation_count
+        for i in range(n):
+            lq, gt = self.valid_data.validation_sample(i)
+            out, row = score(net, lq, gt, b["model_type"], b["scale"], b["metrics"], self.acc.device)
+            if not row:
+                raise TrainingError(f"validation image {i}: output {tuple(out.shape)} does not fit the ground "
+                                    f"truth {tuple(gt.shape)}")
+            for k, v in row.items():
+                totals[k] += v / n
+            if i == 0 and self.validations % self.cfg["val_img_save_freq_mult"] == 0:
+                save_image(out.clamp(0, 1), self.output / "val" / f"iter_{self.iteration:07d}.png")
+        net.train(was_training)
+        self.validations += 1
+        types = {k: spec["type"] for k, v in b["metrics"].items() for spec in [v]}
+        first = {t: next((totals[k] for k in totals if types[k] == t), float("nan"))
+                 for t in ("calculate_psnr", "calculate_ssim")}
+        return {"psnr": first["calculate_psnr"], "ssim": first["calculate_ssim"], "input_psnr": float("nan"),
+                **{f"metric_{k}": v for k, v in totals.items()}}
+
+    @torch.no_grad()
     def validate(self) -> dict:
+        if self.basicsr:
+            return self._validate_basicsr()
         crop = self.cfg["valid_dataset"].get("crop_size")
         rows = []
         for i in range(getattr(self.valid_data, "validation_count", len(self.valid_data))):
@@ -213,7 +303,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=IterationBatches(cfg, start, total),
                                              num_workers=self.workers)
         writer = None
-        if acc.is_main_process:
+        if acc.is_main_process and (not self.basicsr or self.basicsr.get("use_tb_logger", True)):
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -228,6 +318,10 @@ class Trainer:
             for *inputs, gt in loader:  # (lq, gt), or (frame, voxels, gt) for event models
                 self.iteration += 1
                 inputs, gt = [t.to(acc.device) for t in inputs], gt.to(acc.device)
+                warmup = int(cfg["warmup_iter"])
+                if 0 < self.iteration < warmup:  # BasicSR's linear warm-up from the initial lr
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * self.iteration / warmup
                 model.train()
                 with acc.autocast():
                     loss = self.loss_fn(model(*inputs).float(), gt)
@@ -236,6 +330,7 @@ class Trainer:
                 if cfg["use_grad_clip"]:
                     acc.clip_grad_norm_(model.parameters(), 0.01)  # the value of the official recipe
                 optimizer.step()
+                self.lr_used = [g["lr"] for g in self.optimizer.param_groups]
                 self.scheduler.step()
                 with torch.no_grad():
                     live = dict(acc.unwrap_model(model).named_parameters())
@@ -257,9 +352,14 @@ class Trainer:
                     if it % cfg["print_freq"] == 0 or "val_psnr" in row or it == total:
                         self._log(row, writer)
                     if it % cfg["save_checkpoint_freq"] == 0:
-                        self.save(f"iter_{it:07d}.pth")
+                        if self.basicsr:
+                            self._save_basicsr(it)
+                        else:
+                            self.save(f"iter_{it:07d}.pth")
                     if it % cfg["save_last_freq"] == 0 or it == total:
                         self.save("last.pth")
+                    if it == total and self.basicsr:
+                        self._save_basicsr(None)
                 if self.stop_after is not None and it >= self.stop_after:
                     if acc.is_main_process:
                         self.save("last.pth")
