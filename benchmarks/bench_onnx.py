@@ -7,6 +7,8 @@ that nothing else runs while the timings are taken.
 
     python benchmarks/bench_onnx.py
     python benchmarks/bench_onnx.py --models eamambasr-light-x2:128 --repeat 5
+    python benchmarks/bench_onnx.py --keep /tmp/onnx            # keep the files, then time them again alone:
+    python benchmarks/bench_onnx.py --keep /tmp/onnx --reuse
 """
 
 from __future__ import annotations
@@ -28,20 +30,31 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", type=Path, help="folder to keep the .onnx files in")
+    p.add_argument("--reuse", action="store_true", help="time the .onnx files already in --keep (exported by an "
+                   "earlier run with the same --models) instead of exporting again")
     a = p.parse_args()
     import onnxruntime as ort
     import torch
 
-    from ssmir.deploy.onnx import example_inputs, export_onnx
+    from ssmir.deploy.onnx import ExportReport, example_inputs, export_onnx
     from ssmir.models.zoo import create_entry
 
     torch.set_num_threads(a.threads)
     folder = a.keep or Path(tempfile.mkdtemp(prefix="ssmir-onnx-"))
     exported = []
+    if a.reuse and not a.keep:
+        p.error("--reuse needs --keep FOLDER")
     for item in a.models:
         name, side = item.split(":")
         model = create_entry(name).eval()
-        report = export_onnx(model, folder / f"{name}-{side}.onnx", int(side), int(side), threads=a.threads)
+        path = folder / f"{name}-{side}.onnx"
+        if a.reuse:
+            if not path.is_file():
+                p.error(f"--reuse: {path} does not exist")
+            report = ExportReport(path, path.stat().st_size, 0, [], [], float("nan"), float("nan"), False)
+            exported.append((name, int(side), model, report))
+            continue
+        report = export_onnx(model, path, int(side), int(side), threads=a.threads)
         print(f"exported {name} at {side}x{side}: {report.size_bytes / 2**20:.1f} MiB in {report.seconds:.0f} s, "
               f"max error {report.max_error:.1e}", file=sys.stderr, flush=True)
         exported.append((name, int(side), model, report))
