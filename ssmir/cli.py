@@ -279,6 +279,46 @@ def _collect_inputs(inputs: list[Path], pattern: str | None, recursive: bool) ->
     return found
 
 
+class _VideoWriter:
+    """Frames appended one by one to an MP4 (H.264 through imageio-ffmpeg), so memory stays flat; a no-op with
+    a notice when imageio-ffmpeg is missing. Written to a temporary name and renamed when closed."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.frames, self.writer = Path(path), float(fps), 0, None
+        try:
+            import imageio.v2 as imageio
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            typer.echo("note: no MP4 (pip install 'ssmir[video]' for imageio-ffmpeg); the frames are PNGs")
+            self.imageio = None
+        else:
+            self.imageio = imageio
+        self.tmp = self.path.with_name(f".{self.path.stem}.partial.mp4")
+
+    def append(self, color) -> None:
+        import numpy as np
+
+        if self.imageio is None:
+            return
+        frame = np.rint(np.clip(color, 0, 1) * 255).astype(np.uint8)
+        frame = np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame
+        h, w = frame.shape[:2]
+        frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")  # H.264 4:2:0 needs even sizes
+        if self.writer is None:
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = self.imageio.get_writer(str(self.tmp), fps=self.fps, codec="libx264", quality=8,
+                                                  macro_block_size=1)
+        self.writer.append_data(frame)
+        self.frames += 1
+
+    def close(self) -> bool:
+        if self.writer is None:
+            return False
+        self.writer.close()
+        self.tmp.replace(self.path)
+        return True
+
+
 @app.command("restore")
 def restore_cmd(
     inputs: list[Path] | None = typer.Argument(None, help="Image files and/or folders."),
@@ -307,10 +347,17 @@ def restore_cmd(
     exposure: tuple[float, float] | None = typer.Option(None, "--exposure", help="Exposure window START END in the "
                                                         "event file's time unit [the whole stream]."),
     event_reader: str = typer.Option("auto", "--event-reader", help="auto, ssmir, tonic or evlib."),
+    timestamps: Path | None = typer.Option(None, "--timestamps", help="Event video (several frames, one --events "
+                                           "stream): CSV of 'frame file, start, end' exposures [the stream's span "
+                                           "divided evenly among the frames in name order]."),
+    video: bool = typer.Option(True, "--video/--no-video", help="Event video: also write OUTPUT/video.mp4 (needs "
+                               "imageio-ffmpeg: pip install 'ssmir[video]')."),
+    fps: float = typer.Option(25.0, "--fps", help="Frame rate of the event video's MP4."),
 ):
     """Restore photos of any size (tiled), keeping bit depth and alpha; one line per failed file.
 
-    Without --model/--weights the bundled default model (blind colour denoising) is used."""
+    Without --model/--weights the bundled default model (blind colour denoising) is used. An event model with one
+    --events stream and several frames restores them as a video, each frame from its exposure's events."""
     import torch
     from tqdm import tqdm
 
@@ -338,9 +385,11 @@ def restore_cmd(
     if events is not None and not events.exists():
         _fail(f"--events {events}: no such file or folder")
     files = _collect_inputs(inputs, pattern, recursive)
-    if events is not None and events.is_file() and len(files) > 1:
-        _fail(f"--events {events}: one event file goes with one image, {len(files)} were given "
-              "(pass a folder of <image stem>.<ext> event files)")
+    video_mode = events is not None and events.is_file() and len(files) > 1  # one stream, many frames
+    if timestamps is not None and not video_mode:
+        _fail("--timestamps gives the exposures of an event video: several frames and one --events stream")
+    if video_mode and exposure is not None:
+        _fail("--exposure is for one image; an event video takes --timestamps (or divides the stream evenly)")
     net = _load_model(model, weights, trust_checkpoint)
     channels = getattr(net, "input_channels", (3,))
     if len(channels) > 1 and events is None:
@@ -348,7 +397,22 @@ def restore_cmd(
     if len(channels) == 1 and events is not None:
         _fail("--events: this model takes images only")
 
-    def events_for(path: Path) -> Path:
+    windows, stream = {}, None
+    if video_mode:
+        from ssmir.data.events import frame_exposures, read_events
+
+        try:
+            first = load_photo(files[0][0])
+            stream = read_events(events, *first.color.shape[:2], reader=event_reader)
+            windows = dict(zip((p for p, _ in files), frame_exposures([p for p, _ in files], stream, timestamps),
+                               strict=True))
+        except (EventError, ImageError) as e:
+            _fail(str(e))
+        writer = _VideoWriter(output / "video.mp4", fps) if video else None
+
+    def events_for(path: Path):
+        if video_mode:
+            return stream.sorted_window(*windows[path])
         if events.is_file():
             return events
         found = sorted(p for p in events.glob(f"{path.stem}.*") if p.is_file())
@@ -370,13 +434,17 @@ def restore_cmd(
             continue
         if target.exists() and not overwrite:
             bar.write(f"skip: {target} exists (use --overwrite)")
+            if video_mode and writer is not None:  # the video keeps every frame: the one already restored
+                writer.append(load_photo(target).color)
             continue
         try:
             photo = load_photo(path)
             result = restore_photo(net, photo, dev, tile=tile or None, overlap=overlap, tile_batch=tile_batch,
-                                   ensemble=mode, half=half, progress=True, exposure=exposure,
+                                   ensemble=mode, half=half, progress=True, exposure=windows.get(path, exposure),
                                    events=None if events is None else events_for(path), event_reader=event_reader)
             save_photo(result, target)
+            if video_mode and writer is not None:
+                writer.append(result.color)
             out_t = torch.from_numpy(result.color.transpose(2, 0, 1).copy())
             panels = [torch.from_numpy(photo.color.transpose(2, 0, 1).copy()), out_t]
             if ground_truth is not None:
@@ -406,6 +474,8 @@ def restore_cmd(
             failed.append(path)
             bar.write(f"error: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     bar.close()
+    if video_mode and writer is not None and writer.close():
+        typer.echo(f"video: {writer.path} ({writer.frames} frames at {fps:g} fps)")
     if scores:
         typer.echo(f"mean over {len(scores)} image(s): PSNR {sum(s[0] for s in scores) / len(scores):.2f} dB, "
                    f"SSIM {sum(s[1] for s in scores) / len(scores):.4f}")

@@ -263,10 +263,13 @@ def test_event_options_are_checked_with_one_line_errors(tmp_path, event_setup, w
     r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "blurry.npz",
              "--event-reader", "magic")
     assert r.exit_code == 2 and "--event-reader 'magic'" in r.output
+    r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "blurry.npz", "--timestamps",
+             tmp_path / "t.csv")
+    assert r.exit_code == 2 and "--timestamps gives the exposures of an event video" in r.output
     Image.fromarray(np.zeros((30, 34, 3), np.uint8)).save(tmp_path / "second.png")
     r = _run(img, tmp_path / "second.png", "-o", tmp_path / "o", "--weights", ev_weights, "--events",
-             tmp_path / "blurry.npz")
-    assert r.exit_code == 2 and "one event file goes with one image" in r.output
+             tmp_path / "blurry.npz", "--exposure", "0", "1")
+    assert r.exit_code == 2 and "an event video takes --timestamps" in r.output
     # events outside the frame, and an image without events in the folder: reported per file, exit 1
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "small.png")
     r = _run(tmp_path / "small.png", "-o", tmp_path / "o", "--weights", ev_weights, "--events",
@@ -278,3 +281,51 @@ def test_event_options_are_checked_with_one_line_errors(tmp_path, event_setup, w
     r = _run(img, "-o", tmp_path / "o", "--weights", ev_weights, "--events", tmp_path / "blurry.npz",
              "--exposure", "1", "0")
     assert r.exit_code == 1 and "the end must come after the start" in r.output
+
+
+def test_event_video_restores_each_frame_from_its_exposure(tmp_path, event_setup):
+    _, weights, _ = event_setup
+    rng = np.random.default_rng(5)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        Image.fromarray((rng.random((30, 34, 3)) * 255).astype(np.uint8)).save(frames / f"f{i}.png")
+    stream = tmp_path / "blurry.npz"
+    t = np.load(stream)["t"]
+    out = tmp_path / "video"
+    r = _run(frames, "-o", out, "--weights", weights, "--events", stream, "--tile", 0, "--fps", 10)
+    assert r.exit_code == 0, r.output
+    edges = np.linspace(t[0], t[-1], 5)  # the stream's span divided evenly, frames in name order
+    for i in range(4):
+        single = tmp_path / f"single{i}"
+        r = _run(frames / f"f{i}.png", "-o", single, "--weights", weights, "--events", stream, "--tile", 0,
+                 "--exposure", repr(float(edges[i])), repr(float(edges[i + 1])))
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(np.asarray(Image.open(out / f"f{i}.png")), np.asarray(Image.open(single / f"f{i}.png")))
+    assert not np.array_equal(np.asarray(Image.open(out / "f0.png")), np.asarray(Image.open(tmp_path / "single1" /
+                                                                                              "f1.png")))
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        assert not (out / "video.mp4").exists() and "no MP4" in r.output
+    else:
+        reader = imageio.get_reader(str(out / "video.mp4"))
+        video = [f for f in reader]
+        assert len(video) == 4 and video[0].shape == (30, 34, 3) and reader.get_meta_data()["fps"] == 10
+        first = np.asarray(Image.open(out / "f0.png")).astype(float)
+        assert np.abs(video[0].astype(float) - first).mean() < 8  # lossy H.264 of the same frame
+
+    csv = tmp_path / "exposures.csv"
+    csv.write_text("frame,start,end\n" + "".join(f"f{i}.png,{0.5 - 0.1 * i},{0.9 - 0.1 * i}\n" for i in range(4)))
+    r = _run(frames, "-o", tmp_path / "csv", "--weights", weights, "--events", stream, "--tile", 0,
+             "--timestamps", csv, "--no-video")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "csv" / "video.mp4").exists()
+    r = _run(frames / "f2.png", "-o", tmp_path / "one", "--weights", weights, "--events", stream, "--tile", 0,
+             "--exposure", "0.3", "0.7")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "csv" / "f2.png")),
+                          np.asarray(Image.open(tmp_path / "one" / "f2.png")))
+    csv.write_text("f0.png,0,0.5\n")
+    r = _run(frames, "-o", tmp_path / "bad", "--weights", weights, "--events", stream, "--timestamps", csv)
+    assert r.exit_code == 2 and "no exposure for 3 frame(s), e.g. f1.png" in r.output

@@ -53,6 +53,11 @@ class Events:
         keep = (self.t >= t_start) & (self.t <= t_end)
         return Events(self.x[keep], self.y[keep], self.t[keep], self.p[keep])
 
+    def sorted_window(self, t_start: float, t_end: float) -> Events:
+        """``window`` of a time-sorted stream (as ``make_events`` leaves it) by binary search: views, no copy."""
+        lo, hi = np.searchsorted(self.t, t_start, "left"), np.searchsorted(self.t, t_end, "right")
+        return Events(self.x[lo:hi], self.y[lo:hi], self.t[lo:hi], self.p[lo:hi])
+
 
 def make_events(x, y, t, p, height: int | None = None, width: int | None = None, source: str = "events") -> Events:
     """Validate and normalise raw arrays into ``Events``; sorts by time (stably) when needed.
@@ -281,3 +286,41 @@ def simulate_events(frames: np.ndarray, timestamps: np.ndarray, contrast_thresho
 def blur_from_frames(frames: np.ndarray) -> np.ndarray:
     """The blurry exposure of a sharp sequence: the mean of its frames (T, ...) -> (...)."""
     return np.asarray(frames, dtype=np.float64).mean(axis=0)
+
+
+def frame_exposures(frames: list[Path], stream: Events,
+                    timestamps: str | Path | None = None) -> list[tuple[float, float]]:
+    """The exposure window (start, end) of each frame of a video restored from one event stream.
+
+    ``timestamps``: a CSV file of ``frame file, start, end`` rows (the frame matched by file name; a header row
+    and ``#`` comments are skipped), in the stream's time unit. Without it the stream's span is divided evenly
+    among the frames in the order given.
+    """
+    if not len(stream):
+        raise EventError("the event stream is empty: no exposure windows to give the frames")
+    if timestamps is None:
+        edges = np.linspace(float(stream.t[0]), float(stream.t[-1]), len(frames) + 1)
+        return [(float(edges[i]), float(edges[i + 1])) for i in range(len(frames))]
+    path = Path(timestamps)
+    if not path.is_file():
+        raise EventError(f"--timestamps {path}: no such file")
+    table = {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        parts = [c.strip() for c in line.split(",")]
+        if not parts[0] or parts[0].startswith("#"):
+            continue
+        if len(parts) != 3:
+            raise EventError(f"{path}:{i + 1}: expected 'frame file, start, end', got {line!r}")
+        try:
+            start, end = float(parts[1]), float(parts[2])
+        except ValueError:
+            if i == 0:
+                continue  # a header
+            raise EventError(f"{path}:{i + 1}: start and end must be numbers, got {line!r}") from None
+        if not end > start:
+            raise EventError(f"{path}:{i + 1}: the exposure ends ({end}) before it starts ({start})")
+        table[Path(parts[0]).name] = (start, end)
+    missing = [f.name for f in frames if f.name not in table]
+    if missing:
+        raise EventError(f"{path}: no exposure for {len(missing)} frame(s), e.g. {missing[0]}")
+    return [table[f.name] for f in frames]
