@@ -1,7 +1,8 @@
 """The training config: EAMamba's YAML schema (every official config loads unchanged), validated.
 
 Unknown keys and wrong types raise ``ConfigError`` naming the key. ssmir adds a few optional keys:
-``seed``, ``loss`` (``l1`` or ``charbonnier``), ``mixed_precision`` (``no``, ``bf16``, ``fp16``). A BasicSR option
+``seed``, ``loss`` (``l1``, ``charbonnier``, or a weighted list of terms: ``ssmir.train.losses``),
+``mixed_precision`` (``no``, ``bf16``, ``fp16``). A BasicSR option
 file (a ``network_g`` section) is translated by ``ssmir.train.basicsr.from_options``, which also sets
 ``loss_weight``, ``warmup_iter`` and ``basicsr`` (BasicSR's validation and checkpoint layout).
 """
@@ -38,7 +39,7 @@ SCHEMA = {
     "resume": (str, type(None)),
     "init_weights": (str, type(None)),
     "seed": int,
-    "loss": str,
+    "loss": (str, list),
     "mixed_precision": str,
     "loss_weight": _NUM,
     "warmup_iter": int,
@@ -91,8 +92,16 @@ def validate(cfg: dict) -> dict:
             raise ConfigError("config key 'progressive_train': batch_sizes and crop_sizes need an entry per stage "
                               f"of iters ({n})")
     losses = ("l1", "charbonnier", "mse", "charbonnier-basicsr")
-    if out["loss"] not in losses:
-        raise ConfigError(f"config key 'loss': expected one of {', '.join(losses)}, got {out['loss']!r}")
+    if isinstance(out["loss"], list):
+        from ssmir.train.losses import LossError, parse_terms
+
+        try:
+            parse_terms(out["loss"])
+        except LossError as e:
+            raise ConfigError(f"config key {e}") from None
+    elif out["loss"] not in losses:
+        raise ConfigError(f"config key 'loss': expected one of {', '.join(losses)} or a list of terms, got "
+                          f"{out['loss']!r}")
     if out["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ConfigError(f"config key 'mixed_precision': expected no, bf16 or fp16, got {out['mixed_precision']!r}")
     return out

@@ -117,7 +117,7 @@ _KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "deg
           "event-sequence-dataset")
 _ARGS = {"gt_data_file", "lq_data_file", "lq2_data_file", "gt_dir", "lq_dir", "lq2_dir", "phase", "repeat", "augment",
          "sigma_type", "sigma_range", "degradation", "crop_size", "sequence_dir", "frames_per_blur", "bins",
-         "contrast_threshold", "threshold_sigma", "cache_mb"}
+         "contrast_threshold", "threshold_sigma", "cache_mb", "consecutive"}
 
 
 class ImageCache:
@@ -171,6 +171,17 @@ class EventSequenceData(torch.utils.data.Dataset):
         self.sigma = float(args.get("threshold_sigma", 0.03))
         self.augment = bool(args.get("augment", False))
         self.seed, self.rank, self.scale, self.train = seed, rank, 1, True
+        self.wants_consecutive = bool(args.get("consecutive", False))
+        self.consecutive = 0  # > 0: the slots of a batch are that many consecutive windows of one sequence
+
+    def use_consecutive(self, count: int) -> None:
+        """Make each batch (up to ``count`` slots) consecutive exposure windows of one sequence, one frame apart,
+        with the same crop and flips (for the temporal loss)."""
+        need = self.n + count - 1
+        if not any(len(s) >= need for s in self.sequences):
+            raise DataError(f"consecutive batches of {count} need sequences of at least {need} frames")
+        self.sequences = [s for s in self.sequences if len(s) >= need]
+        self.consecutive = int(count)
 
     def __len__(self) -> int:
         return sum(len(s) - self.n + 1 for s in self.sequences)
@@ -179,11 +190,11 @@ class EventSequenceData(torch.utils.data.Dataset):
     def validation_count(self) -> int:
         return len(self.sequences)  # one fixed exposure per sequence
 
-    def _make(self, rng, crop: int | None):
+    def _make(self, rng, crop: int | None, offset: int = 0):
         from ssmir.data.events import blur_from_frames, events_to_voxel, simulate_events
 
         seq = self.sequences[int(rng.integers(len(self.sequences)))]
-        start = int(rng.integers(len(seq) - self.n + 1))
+        start = int(rng.integers(len(seq) - self.n - max(self.consecutive - 1, 0) + 1)) + offset
         frames = torch.stack([self.cache.read(p) for p in seq[start:start + self.n]])  # (N, 3, H, W)
         if crop:
             h, w = frames.shape[-2:]
@@ -203,6 +214,8 @@ class EventSequenceData(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         iteration, slot, crop = key
+        if self.consecutive:  # one draw per batch; the slot is the window's offset
+            return self._make(np.random.default_rng([self.seed, self.rank, iteration]), crop, offset=slot)
         return self._make(np.random.default_rng([self.seed, self.rank, iteration, slot]), crop)
 
     def validation_sample(self, i: int, crop: int | None = None):

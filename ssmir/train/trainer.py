@@ -100,10 +100,32 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_scheduler"])
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
         self.loss_fn = charbonnier if cfg["loss"] == "charbonnier" else F.l1_loss
+        if isinstance(cfg["loss"], list):
+            self._combined_loss(cfg)
         if self.basicsr:
             from ssmir.train.basicsr import make_loss
 
             self.loss_fn = make_loss(cfg)
+
+    def _combined_loss(self, cfg: dict) -> None:
+        from ssmir.train.losses import CombinedLoss, LossError
+
+        try:
+            self.loss_fn = CombinedLoss(cfg["loss"], self.base).to(self.acc.device)
+        except LossError as e:
+            raise TrainingError(str(e)) from None
+        if self.loss_fn.needs_consecutive:
+            if not getattr(self.train_data, "wants_consecutive", False):
+                raise TrainingError("the temporal loss needs batches of consecutive frames: train on an "
+                                    "event-sequence-dataset with consecutive: true")
+            sizes = [cfg["train_dataset"]["batch_size"]] + list((cfg.get("progressive_train") or {})
+                                                               .get("batch_sizes", []))
+            if min(sizes) < 2:
+                raise TrainingError("the temporal loss needs a batch size of at least 2 (consecutive frames)")
+            try:
+                self.train_data.use_consecutive(max(sizes))
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
 
     def _check_crops(self):
         total = self.cfg["total_iter"]
