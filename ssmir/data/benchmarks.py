@@ -212,16 +212,16 @@ def load_sidd_blocks(root: Path, key: str):
     return arr
 
 
-def _event_deblur(root: Path, **_) -> list[Sample]:
+def _event_pairs(root: Path, inputs: str = "blur", targets: str = "sharp", **_) -> list[Sample]:
     from ssmir.data.events import events_to_voxel, read_events
 
-    blur = _need_images(root / "blur", "blurry frames")
-    sharp = {p.stem: p for p in _need_images(root / "sharp", "sharp frames, same names")}
+    blur = _need_images(root / inputs, f"input frames ({inputs}/)")
+    sharp = {p.stem: p for p in _need_images(root / targets, f"target frames ({targets}/), same names")}
     ev_dir = _need_dir(root / "events", "one event file per frame: <stem>.npz|.h5|.txt")
     samples = []
     for p in blur:
         if p.stem not in sharp:
-            raise DatasetError(f"{root / 'sharp'}: no sharp frame for {p.name}")
+            raise DatasetError(f"{root / targets}: no target frame for {p.name}")
         files = [f for f in ev_dir.glob(f"{p.stem}.*") if f.suffix.lower() in (".npz", ".h5", ".hdf5", ".txt", ".csv")]
         if not files:
             raise DatasetError(f"{ev_dir}: no event file {p.stem}.npz|.h5|.txt for {p.name}")
@@ -267,8 +267,14 @@ DEFINITIONS: dict[str, Definition] = {
     **{n: Definition("classic SR", _classic_sr, "ROOT/HR/<stem>.png, ROOT/LR_bicubic/X<scale>/<stem>x<scale>.png",
                      "scale", y_only=True, crop_scale=True)
        for n in ("set5", "set14", "b100", "urban100", "manga109")},
-    "event-deblur": Definition("event-guided deblurring (frame + event voxel grid)", _event_deblur,
+    "event-deblur": Definition("event-guided deblurring (frame + event voxel grid)", _event_pairs,
                                "ROOT/blur/*.png, ROOT/sharp/*.png, ROOT/events/<stem>.npz|h5|txt (exposure events)"),
+    "event-derain": Definition("event-guided deraining (frame + event voxel grid)", _event_pairs,
+                               "ROOT/input/*.png (rainy), ROOT/target/*.png (clean), ROOT/events/<stem>.npz|h5|txt",
+                               extra={"inputs": "input", "targets": "target"}),
+    "event-hdr": Definition("event-guided HDR enhancement (frame + event voxel grid)", _event_pairs,
+                            "ROOT/input/*.png (badly exposed), ROOT/target/*.png (well exposed), "
+                            "ROOT/events/<stem>.npz|h5|txt", extra={"inputs": "input", "targets": "target"}),
     **{n: Definition("JPEG artefact removal (grayscale)", _jpeg, "ROOT/*.png|bmp (converted to 8-bit gray)",
                      "quality") for n in ("classic5", "live1")},
 }

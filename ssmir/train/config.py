@@ -108,7 +108,8 @@ def validate(cfg: dict) -> dict:
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """``key.sub=value`` overrides (values parsed as YAML), e.g. ``total_iter=100``, ``optimizer.args.lr=1e-4``."""
+    """``key.sub=value`` overrides (values parsed as YAML), e.g. ``total_iter=100``, ``optimizer.args.lr=1e-4``,
+    ``loss.1.weights_file=vgg19.pth`` (list entries by index)."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         if "=" not in item:
@@ -116,17 +117,25 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = cfg
         parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
+
+        def step(node, p, create):
+            if isinstance(node, list):  # list entries by index, e.g. loss.1.weights_file
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"--set {item!r}: {p!r} is not an index of a list of {len(node)}")
+                return int(p)
+            if create and not isinstance(node.get(p), (dict, list)):
                 node[p] = {}
-            node = node[p]
+            return p
+
+        for p in parts[:-1]:
+            node = node[step(node, p, True)]
         value = yaml.safe_load(raw)
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; numbers are meant
             try:
                 value = float(value)
             except ValueError:
                 pass
-        node[parts[-1]] = value
+        node[step(node, parts[-1], False)] = value
     return cfg
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmir.data.benchmarks import DatasetError, add_test_noise, jpeg_compress, read_list_file
-from ssmir.data.io import IMAGE_SUFFIXES, list_images, luma, read_image
+from ssmir.data.io import IMAGE_SUFFIXES, list_images, read_image
 
 DataError = DatasetError  # a dataset that cannot be used, reported by path before training starts
 
@@ -117,7 +117,7 @@ _KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "deg
           "event-sequence-dataset")
 _ARGS = {"gt_data_file", "lq_data_file", "lq2_data_file", "gt_dir", "lq_dir", "lq2_dir", "phase", "repeat", "augment",
          "sigma_type", "sigma_range", "degradation", "crop_size", "sequence_dir", "frames_per_blur", "bins",
-         "contrast_threshold", "threshold_sigma", "cache_mb", "consecutive"}
+         "contrast_threshold", "threshold_sigma", "cache_mb", "consecutive", "task"}
 
 
 class ImageCache:
@@ -170,6 +170,11 @@ class EventSequenceData(torch.utils.data.Dataset):
         self.threshold = float(args.get("contrast_threshold", 0.2))
         self.sigma = float(args.get("threshold_sigma", 0.03))
         self.augment = bool(args.get("augment", False))
+        self.task = args.get("task", "deblur")
+        from ssmir.data.event_tasks import TASKS
+
+        if self.task not in TASKS:
+            raise DataError(f"event-sequence-dataset: task {self.task!r} is not one of {', '.join(TASKS)}")
         self.seed, self.rank, self.scale, self.train = seed, rank, 1, True
         self.wants_consecutive = bool(args.get("consecutive", False))
         self.consecutive = 0  # > 0: the slots of a batch are that many consecutive windows of one sequence
@@ -190,8 +195,9 @@ class EventSequenceData(torch.utils.data.Dataset):
     def validation_count(self) -> int:
         return len(self.sequences)  # one fixed exposure per sequence
 
-    def _make(self, rng, crop: int | None, offset: int = 0):
-        from ssmir.data.events import blur_from_frames, events_to_voxel, simulate_events
+    def _simulate(self, rng, crop: int | None, offset: int = 0):
+        """(input frame, events, target) of one exposure window (``ssmir.data.event_tasks``)."""
+        from ssmir.data.event_tasks import event_sample
 
         seq = self.sequences[int(rng.integers(len(self.sequences)))]
         start = int(rng.integers(len(seq) - self.n - max(self.consecutive - 1, 0) + 1)) + offset
@@ -204,13 +210,15 @@ class EventSequenceData(torch.utils.data.Dataset):
             frames = frames[..., top:top + crop, left:left + crop]
         if self.augment:
             frames = _augment([frames], int(rng.integers(8)))[0]
-        gray = luma(frames, axis=1)[:, 0].numpy()
-        events = simulate_events(gray, np.linspace(0.0, 1.0, self.n), self.threshold, self.sigma,
-                                 seed=int(rng.integers(2**31)))
-        h, w = frames.shape[-2:]
+        return event_sample(frames, self.task, rng, self.threshold, self.sigma)
+
+    def _make(self, rng, crop: int | None, offset: int = 0):
+        from ssmir.data.events import events_to_voxel
+
+        inp, events, target = self._simulate(rng, crop, offset)
+        h, w = target.shape[-2:]
         voxels = events_to_voxel(events, self.bins, h, w, t_start=0.0, t_end=1.0)
-        blurry = torch.from_numpy(blur_from_frames(frames.numpy()).astype(np.float32))
-        return blurry, voxels, frames[self.n // 2].contiguous()
+        return inp, voxels, target
 
     def __getitem__(self, key):
         iteration, slot, crop = key
@@ -220,6 +228,10 @@ class EventSequenceData(torch.utils.data.Dataset):
 
     def validation_sample(self, i: int, crop: int | None = None):
         return self._make(np.random.default_rng([self.seed, 10**6 + i]), crop)
+
+    def validation_events(self, i: int, crop: int | None = None):
+        """``validation_sample`` with the raw events instead of their voxel grid (for exporting test sets)."""
+        return self._simulate(np.random.default_rng([self.seed, 10**6 + i]), crop)
 
 
 def make_dataset(spec: dict, base: str | Path = ".", seed: int = 0, rank: int = 0, train: bool = True):

@@ -1,7 +1,6 @@
 """Training losses: VGG perceptual features against a plain re-computation from the weights file, the
 temporal term's definition, consecutive event batches, and config checking."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,9 +98,8 @@ def test_missing_weights_and_bad_terms_are_clear_errors(tmp_path):
 
 def test_consecutive_event_batches_and_a_training_step_with_all_terms(tmp_path):
     pytest.importorskip("accelerate")
-    from tests.train.test_training import _config, _sequences
-
     from ssmir.train.trainer import Trainer, TrainingError
+    from tests.train.test_training import _config, _sequences
 
     _sequences(tmp_path / "train", 2, 0, frames=10)
     _random_vgg(tmp_path / "vgg16.pth")
@@ -135,3 +133,19 @@ def test_consecutive_event_batches_and_a_training_step_with_all_terms(tmp_path):
                                      "batch_size": 3, "crop_size": 32})
     with pytest.raises(TrainingError, match="consecutive: true"):
         Trainer(cfg_bad, tmp_path / "run2", cpu=True, progress=False)
+
+
+def test_shipped_emambair_configs_load_and_list_entries_can_be_set():
+    from pathlib import Path
+
+    from ssmir.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "emambair"
+    for task in ("deblur", "derain", "hdr"):
+        tiny = load_config(root / f"{task}-simulated-tiny.yaml")
+        assert tiny["train_dataset"]["dataset"]["args"]["task"] == task and tiny["total_iter"] <= 1100
+        full = load_config(root / f"{task}-simulated.yaml", ["loss.1.weights_file=/data/vgg19.pth"])
+        assert full["model"]["args"]["wf"] == 48 and full["loss"][1]["weights_file"] == "/data/vgg19.pth"
+        assert [t["type"] for t in full["loss"]] == ["l1", "perceptual", "temporal"]
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(root / "deblur-simulated.yaml", ["loss.5.weight=1"])
