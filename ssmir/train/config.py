@@ -118,7 +118,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         node = cfg
         parts = key.split(".")
 
-        def step(node, p, create):
+        def step(node, p, create, item=item):
             if isinstance(node, list):  # list entries by index, e.g. loss.1.weights_file
                 if not p.isdigit() or int(p) >= len(node):
                     raise ConfigError(f"--set {item!r}: {p!r} is not an index of a list of {len(node)}")
