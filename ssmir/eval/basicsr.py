@@ -51,17 +51,10 @@ class OptionError(ValueError):
 
 def read_options(path: str | Path, overrides: list[str] = ()) -> dict:
     """The option file as a dict, with ``key.sub=value`` overrides applied (e.g. data paths)."""
-    import yaml
-
-    from ssmir.train.config import ConfigError, apply_overrides
+    from ssmir.train.config import ConfigError, apply_overrides, read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise OptionError(f"{path}: no such option file")
-    try:
-        opt = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise OptionError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    opt = read_yaml(path, "option file", OptionError)
     if not isinstance(opt, dict) or "network_g" not in opt:
         raise OptionError(f"{path}: not a BasicSR option file (no network_g section)")
     try:

@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmir.layers.ssm_heads import add_scan_parameters, four_way_scan, init_scan_parameters
-from ssmir.models.mambairv2 import apply_residual_conv, build_reconstruction, reconstruct, residual_conv
+from ssmir.models.mambairv2 import (
+    apply_residual_conv,
+    build_reconstruction,
+    count_indexed,
+    detect_reconstruction,
+    init_weights,
+    reconstruct,
+    residual_conv,
+)
 from ssmir.models.registry import register, register_detector
 
 
@@ -193,17 +201,7 @@ class MambaIR(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = residual_conv(embed_dim, resi_connection)
         build_reconstruction(self, upsampler, embed_dim, in_chans)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     def forward_features(self, x):
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C): the blocks work on channels-last maps
@@ -222,13 +220,6 @@ class MambaIR(nn.Module):
         return reconstruct(self, x) / self.img_range + self.mean.to(x.dtype)
 
 
-def _count(sd: dict, prefix: str) -> int:
-    n = 0
-    while any(k.startswith(f"{prefix}{n}.") for k in sd):
-        n += 1
-    return n
-
-
 def _ratio(d_inner: int, dim: int) -> float:
     """An mlp_ratio r with int(r * dim) == d_inner, the plain quotient where it gives that."""
     r = d_inner / dim
@@ -245,24 +236,16 @@ def detect(sd: dict) -> tuple[str, dict] | None:
     if f"{first}self_attention.x_proj_weight" not in sd or "conv_first.weight" not in sd:
         return None
     embed_dim, in_chans = (int(n) for n in sd["conv_first.weight"].shape[:2])
-    groups = _count(sd, "layers.")
+    groups = count_indexed(sd, "layers.")
     d_inner = sd[f"{first}self_attention.out_norm.weight"].shape[0]
     args = {
         "in_chans": in_chans, "embed_dim": embed_dim,
-        "depths": [_count(sd, f"layers.{i}.residual_group.blocks.") for i in range(groups)],
+        "depths": [count_indexed(sd, f"layers.{i}.residual_group.blocks.") for i in range(groups)],
         "d_state": int(sd[f"{first}self_attention.A_logs"].shape[1]),
         "mlp_ratio": _ratio(int(d_inner), embed_dim), "img_range": 1.0,
         "resi_connection": "3conv" if "layers.0.conv.0.weight" in sd else "1conv",
     }
     if "patch_embed.norm.weight" not in sd:
         args["patch_norm"] = False
-    if "conv_before_upsample.0.weight" in sd:
-        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
-        out = sd[convs[0]].shape[0] // sd[convs[0]].shape[1]
-        args.update(upsampler="pixelshuffle", upscale=3 if out == 9 else 2 ** len(convs))
-    elif "upsample.0.weight" in sd:
-        scale = int(round((sd["upsample.0.weight"].shape[0] / in_chans) ** 0.5))
-        args.update(upsampler="pixelshuffledirect", upscale=scale)
-    else:
-        args.update(upsampler="", upscale=1)
+    args.update(detect_reconstruction(sd, in_chans))
     return "mambair", args

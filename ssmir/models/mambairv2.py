@@ -144,6 +144,18 @@ def apply_residual_conv(conv: nn.Module | None, x: torch.Tensor, owner: str) -> 
     return conv(x)
 
 
+def init_weights(m: nn.Module) -> None:
+    """The official initialisation of the SwinIR-shaped MambaIR networks: truncated-normal (std 0.02) linear
+    weights, zero biases, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def build_reconstruction(model: nn.Module, upsampler: str, embed_dim: int, in_chans: int) -> None:
     """The official SwinIR-style heads, with their module names, on ``model`` (whose ``upscale`` is set):
     'pixelshuffle' (classic SR), 'pixelshuffledirect' (lightweight SR), 'nearest+conv' (x4), else a
@@ -270,17 +282,7 @@ class _MambaIRv2Base(nn.Module):
         self.conv_after_body = residual_conv(embed_dim, resi_connection)
 
         build_reconstruction(self, upsampler, embed_dim, in_chans)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     def set_routing(self, routing: str) -> None:
         """'argmax' (deterministic, the eval default) or 'gumbel' (sampled, as in training) for every ASSM."""
@@ -332,12 +334,26 @@ class MambaIRv2Light(_MambaIRv2Base):
     light = True
 
 
-def _count(sd: dict, prefix: str) -> int:
+def count_indexed(sd: dict, prefix: str) -> int:
     """How many consecutive indices ``prefix{i}.`` occur among the keys."""
     n = 0
     while any(k.startswith(f"{prefix}{n}.") for k in sd):
         n += 1
     return n
+
+
+def detect_reconstruction(sd: dict, in_chans: int) -> dict:
+    """``upsampler`` and ``upscale`` of a ``build_reconstruction`` head, read from its keys and shapes."""
+    if "conv_up1.weight" in sd:
+        return {"upsampler": "nearest+conv", "upscale": 4}
+    if "conv_before_upsample.0.weight" in sd:
+        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
+        out = sd[convs[0]].shape[0] // sd[convs[0]].shape[1]
+        return {"upsampler": "pixelshuffle", "upscale": 3 if out == 9 else 2 ** len(convs)}
+    if "upsample.0.weight" in sd:
+        return {"upsampler": "pixelshuffledirect",
+                "upscale": int(round((sd["upsample.0.weight"].shape[0] / in_chans) ** 0.5))}
+    return {"upsampler": "", "upscale": 1}
 
 
 @register_detector
@@ -351,8 +367,8 @@ def detect(sd: dict) -> tuple[str, dict] | None:
         return None
     light = f"{first}convffn1.sg.norm.weight" in sd
     embed_dim, in_chans = sd["conv_first.weight"].shape[:2]
-    groups = _count(sd, "layers.")
-    depths = [_count(sd, f"layers.{i}.residual_group.layers.") for i in range(groups)]
+    groups = count_indexed(sd, "layers.")
+    depths = [count_indexed(sd, f"layers.{i}.residual_group.layers.") for i in range(groups)]
     heads = [sd[f"layers.{i}.residual_group.layers.0.win_mhsa.relative_position_bias_table"].shape[1]
              for i in range(groups)]
     table = sd[f"{first}win_mhsa.relative_position_bias_table"].shape[0]  # (2 ws - 1)^2 rows
@@ -374,15 +390,5 @@ def detect(sd: dict) -> tuple[str, dict] | None:
         args.update(ape=True, patch_size=1, img_size=int(round(sd["absolute_pos_embed"].shape[1] ** 0.5)))
     if not light:
         args["convffn_kernel_size"] = int(sd[f"{first}convffn1.dwconv.depthwise_conv.0.weight"].shape[-1])
-    if "conv_up1.weight" in sd:
-        args.update(upsampler="nearest+conv", upscale=4)
-    elif "conv_before_upsample.0.weight" in sd:
-        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
-        out = sd[convs[0]].shape[0] // sd[convs[0]].shape[1]
-        args.update(upsampler="pixelshuffle", upscale=3 if out == 9 else 2 ** len(convs))
-    elif "upsample.0.weight" in sd:
-        scale = int(round((sd["upsample.0.weight"].shape[0] / in_chans) ** 0.5))
-        args.update(upsampler="pixelshuffledirect", upscale=scale)
-    else:
-        args.update(upsampler="", upscale=1)
+    args.update(detect_reconstruction(sd, int(in_chans)))
     return ("mambairv2light" if light else "mambairv2"), args

@@ -139,14 +139,19 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+def read_yaml(path: str | Path, what: str, error: type[Exception] = ConfigError):
+    """The YAML document in ``path``; a missing or malformed file raises ``error`` naming ``what`` and the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
+        raise error(f"{what} {path}: no such file")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({e})") from None
+        raise error(f"{what} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    cfg = read_yaml(path, "--config", ConfigError)
     from ssmir.train.basicsr import from_options, is_option_file
 
     if is_option_file(cfg):  # a BasicSR option file (MambaIR, MambaIRv2)
