@@ -278,7 +278,7 @@ class Trainer:
                 save_image(out.clamp(0, 1), self.output / "val" / f"iter_{self.iteration:07d}.png")
         net.train(was_training)
         self.validations += 1
-        types = {k: spec["type"] for k, v in b["metrics"].items() for spec in [v]}
+        types = {k: v["type"] for k, v in b["metrics"].items()}
         first = {t: next((totals[k] for k in totals if types[k] == t), float("nan"))
                  for t in ("calculate_psnr", "calculate_ssim")}
         return {"psnr": first["calculate_psnr"], "ssim": first["calculate_ssim"], "input_psnr": float("nan"),
