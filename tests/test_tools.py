@@ -36,3 +36,50 @@ def test_split_keeps_the_heldout_photos_out_of_training_and_rebuilds_the_shipped
         ours = np.asarray(Image.open(tmp_path / "sample" / folder / "astronaut.png"))
         shipped = np.asarray(Image.open(ROOT / "ssmir" / "samples" / folder / "astronaut.png"))
         np.testing.assert_array_equal(ours, shipped)
+
+
+def test_wallpaper_tool_records_provenance_and_downscales(tmp_path):
+    import gzip
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "pkgroot"
+    doc = root / "usr/share/doc/plasma-workspace-wallpapers"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("Format: x\n\nFiles: *\nCopyright: 2014 KDE Visual Design Group\nLicense: GPL-2+\n")
+    with gzip.open(doc / "changelog.Debian.gz", "wt") as f:
+        f.write("plasma-workspace-wallpapers (4:5.27.5-2) unstable; urgency=medium\n")
+    rng = np.random.default_rng(0)
+    spec = importlib.util.spec_from_file_location("wallpaper_photos", ROOT / "tools" / "wallpaper_photos.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for name in tool.PHOTOS["plasma-workspace-wallpapers"]:
+        folder = root / "usr/share/wallpapers" / name
+        (folder / "contents/images").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(folder / "contents/images/big.jpg")
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / "contents/images/small.png")
+        (folder / "metadata.json").write_text(json.dumps({"KPlugin": {"Authors": [{"Name": "A. Photographer"}],
+                                                                     "License": "LGPLv3"}}))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "wallpaper_photos.py"), "--root", str(root), "--out",
+                           str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = json.loads((out / "manifest.json").read_text())
+    assert len(records) == len(tool.PHOTOS["plasma-workspace-wallpapers"]) == 10
+    r = records[0]
+    assert r["version"] == "4:5.27.5-2" and r["licence"] == "LGPLv3" and r["author"] == "A. Photographer"
+    assert r["package_copyright"] == "2014 KDE Visual Design Group (GPL-2+)"
+    assert r["source"].endswith("contents/images/big.jpg") and r["size"] == [32, 20]  # the largest, halved
+    png = out / r["file"]
+    assert Image.open(png).size == (32, 20)
+    assert r["sha256"] == hashlib.sha256(png.read_bytes()).hexdigest()
+    src = root / r["source"].lstrip("/")
+    assert r["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert "| file | package (version) |" in (out / "MANIFEST.md").read_text()
+    (root / "usr/share/wallpapers/Path/contents/images/big.jpg").unlink()
+    (root / "usr/share/wallpapers/Path/contents/images/small.png").unlink()
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "wallpaper_photos.py"), "--root", str(root), "--out",
+                           str(out)], capture_output=True, text=True)
+    assert done.returncode != 0 and "Path" in done.stderr
