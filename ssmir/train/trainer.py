@@ -15,6 +15,8 @@ import copy
 import csv
 import math
 import random
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,19 @@ class IterationBatches(torch.utils.data.Sampler):
 
     def __len__(self):
         return max(0, self.total - self.start + 1)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (schedulers, ``kill``, and the only way to stop a run started with ``nohup ... &``, which
+    ignores SIGINT) stop training like Ctrl-C: last.pth is saved. Returns the previous handler (None off the
+    main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def charbonnier(pred, gt, eps=1e-3):
@@ -336,6 +351,7 @@ class Trainer:
         last_val = {}
         bar = tqdm(total=total, initial=self.iteration, disable=not (self.progress and acc.is_main_process),
                    desc="train")
+        previous = _stop_on_sigterm()
         try:
             for *inputs, gt in loader:  # (lq, gt), or (frame, voxels, gt) for event models
                 self.iteration += 1
@@ -395,5 +411,7 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         acc.wait_for_everyone()
         return {"iteration": self.iteration, **last_val}

@@ -275,3 +275,26 @@ def test_emambair_trains_on_simulated_event_pairs(tmp_path):
     result = Trainer(validate(cfg), tmp_path / "run", cpu=True, progress=False).fit()
     # EmambaIR has no global residual: it must learn to reproduce the frame before it can beat the blur
     assert result["psnr"] > result["input_psnr"] + 1.0, result
+
+
+def test_sigterm_stops_like_ctrl_c_and_saves_last(tmp_path):
+    import signal
+    import time
+
+    cfg = _config(tmp_path, 100000)
+    cfg["print_freq"] = 1
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ssmir", "train", "--config", str(path), "--output", str(run),
+                             "--cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (run / "metrics.csv").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert (run / "metrics.csv").is_file(), proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 130, output[-2000:]
+    assert "interrupted at iteration" in output
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert saved["current_iter"] >= 1
