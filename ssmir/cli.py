@@ -692,9 +692,6 @@ def export_deblur_cmd(
     typer.echo(f"wrote {folder}")
 
 
-if __name__ == "__main__":
-    app()
-
 
 @export_app.command("onnx")
 def export_onnx_cmd(
@@ -745,3 +742,7 @@ def export_onnx_cmd(
     except ExportError as e:
         _fail(str(e))
     typer.echo(report.describe())
+
+
+if __name__ == "__main__":
+    app()

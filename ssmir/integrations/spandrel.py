@@ -64,13 +64,11 @@ def resolve(state_dict: dict) -> tuple[str, dict, dict] | None:
             return None
         weights = {k: v for k, v in state_dict.items() if k != CONFIG_TENSOR}
         return spec["name"], spec["args"], weights
-    from ssmir.models import mambair, mambairv2
+    import ssmir.models  # noqa: F401  (registers the architectures and their detectors)
+    from ssmir.models.registry import detect
 
-    for family in (mambair, mambairv2):  # BasicSR MambaIR files: keys only these architectures have
-        found = family.detect(state_dict)
-        if found is not None:
-            return found[0], found[1], state_dict
-    return None
+    found = detect(state_dict)  # BasicSR MambaIR files: keys only these architectures have
+    return (found[0], found[1], state_dict) if found is not None else None
 
 
 def architectures():

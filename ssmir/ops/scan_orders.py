@@ -200,8 +200,7 @@ def all_around_orders(scan_type: str | None, scan_count: int, h: int, w: int) ->
 @functools.lru_cache(maxsize=256)
 def four_way_orders(h: int, w: int) -> torch.Tensor:
     """VMamba's SS2D heads, (4, H*W): row-major, column-major, then both reversed."""
-    rows, cols = row_major(h, w), column_major(h, w)
-    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+    return four_way_orders_traced(h, w)
 
 
 def four_way_orders_traced(h, w, device=None) -> torch.Tensor:

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ssmir.ops.export_scan import exporting, selective_scan_export
+
 BACKENDS = ("auto", "reference", "torch", "numba", "triton", "cuda")
 ENV_VAR = "SSMIR_SCAN_BACKEND"
 
@@ -449,8 +451,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns ``y`` (batch, D, L) in the dtype of ``u``, or ``(y, last_state)`` with last_state
     (batch, D, N) when ``return_last_state``.
     """
-    from ssmir.ops.export_scan import exporting, selective_scan_export
-
     if exporting():  # torch.export / ONNX: plain operations that the exported graph can hold
         return selective_scan_export(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                      delta_softplus=delta_softplus, return_last_state=return_last_state)

@@ -35,9 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssmir.eval.basicsr import PARTITION_MODELS, WHOLE_MODELS, OptionError, network_spec
 from ssmir.train.config import ConfigError
 
-ARCH_TYPES = {"MambaIR": "mambair", "MambaIRv2": "mambairv2", "MambaIRv2Light": "mambairv2light"}
+MODEL_TYPES = PARTITION_MODELS + WHOLE_MODELS
+
 _TOP = {"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g", "path", "train", "val",
         "logger", "dist_params", "dist", "is_train", "find_unused_parameters", "use_static_graph", "cudnn_benchmark"}
 _MACHINERY = {"use_shuffle", "num_worker_per_gpu", "prefetch_mode", "dataset_enlarge_ratio", "pin_memory",
@@ -46,7 +48,6 @@ _DATASET = {"type", "task", "noise", "dataroot_gt", "dataroot_lq", "filename_tmp
             "use_hflip", "use_rot", "batch_size_per_gpu"} | _MACHINERY
 _TRAIN = {"optim_g", "scheduler", "total_iter", "warmup_iter", "ema_decay", "pixel_opt"}
 _LOSSES = {"L1Loss": "l1", "MSELoss": "mse", "CharbonnierLoss": "charbonnier-basicsr"}
-MODEL_TYPES = ("MambaIRModel", "MambaIRv2Model", "MambaIRv2LightModel", "SRModel")
 
 
 def is_option_file(raw) -> bool:
@@ -101,10 +102,10 @@ def from_options(opt: dict) -> dict:
     model_type = opt.get("model_type", "SRModel")
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-    net = dict(opt["network_g"])
-    kind = net.pop("type", None)
-    if kind not in ARCH_TYPES:
-        raise ConfigError(f"network_g.type {kind!r} is not one of {', '.join(ARCH_TYPES)}")
+    try:
+        name, net = network_spec(opt)
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
     scale = int(opt.get("scale", 1))
     datasets = opt.get("datasets") or {}
     if "train" not in datasets:
@@ -152,7 +153,7 @@ def from_options(opt: dict) -> dict:
     cfg = {
         "train_dataset": {"dataset": _dataset(train_ds, "datasets.train", scale, True),
                           "batch_size": int(train_ds["batch_size_per_gpu"]), "crop_size": int(train_ds["gt_size"])},
-        "model": {"name": ARCH_TYPES[kind], "args": net},
+        "model": {"name": name, "args": net},
         "e_decay": _number(train.get("ema_decay", 0), "train.ema_decay"),
         "optimizer": {"name": optim_type, "args": optim},
         "lr_scheduler": scheduler,
@@ -179,7 +180,7 @@ def from_options(opt: dict) -> dict:
         cfg["valid_dataset"] = {"dataset": _dataset(datasets["val"], "datasets.val", scale, False)}
         if not cfg["basicsr"]["metrics"]:
             raise ConfigError("datasets.val is given but val.metrics is empty")
-        from ssmir.eval.basicsr import OptionError, metric_specs
+        from ssmir.eval.basicsr import metric_specs
 
         try:
             metric_specs(opt)
@@ -199,7 +200,7 @@ class BasicSRPairedData(torch.utils.data.Dataset):
 
     def __init__(self, args: dict, base: Path, seed: int = 0, rank: int = 0, train: bool = True):
         from ssmir.data.benchmarks import DatasetError
-        from ssmir.eval.basicsr import OptionError, build_test_set
+        from ssmir.eval.basicsr import build_test_set
         from ssmir.train.data import DataError
 
         self.options, self.scale = dict(args["options"]), int(args["scale"])
@@ -247,10 +248,7 @@ class BasicSRPairedData(torch.utils.data.Dataset):
         sample = self.set.samples[int(rng.integers(len(self.set.samples)))]
         lq, gt = self._read(sample)
         s, c = self.scale, crop // self.scale
-        h, w = lq.shape[-2:]
-        if gt.shape[-2] != h * s or gt.shape[-1] != w * s:
-            raise DataError(f"{sample.gt_path}: ground truth {gt.shape[-1]}x{gt.shape[-2]} is not scale {s} x its "
-                            f"input {sample.lq_path} ({w}x{h})")
+        h, w = lq.shape[-2:]  # the ground truth is s times that: checked for every pair before training
         if h < c or w < c:
             raise DataError(f"{sample.lq_path}: input {w}x{h} is smaller than the patch {c}x{c} (gt_size {crop})")
         top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))

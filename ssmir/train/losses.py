@@ -188,7 +188,7 @@ class CombinedLoss(nn.Module):
                                                       path if path.is_absolute() else Path(base) / path,
                                                       term.get("criterion", "l1")))
         self.needs_consecutive = any(t["type"] == "temporal" for t in self.terms)
-        self.last: dict[str, float] = {}
+        self.last: dict[str, torch.Tensor] = {}
 
     def forward(self, pred, gt):
         total, perceptual = 0.0, iter(self.perceptual)
@@ -205,6 +205,6 @@ class CombinedLoss(nn.Module):
                 value = next(perceptual).to(pred.device)(pred, gt)
             else:
                 value = temporal_loss(pred, gt)
-            self.last[kind] = float(value.detach())
+            self.last[kind] = value.detach()  # a tensor: no device sync on the training step
             total = total + term["weight"] * value
         return total

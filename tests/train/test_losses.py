@@ -61,7 +61,7 @@ def test_perceptual_term_in_a_weighted_list(tmp_path):
     value = loss(pred, gt)
     value.backward()
     assert pred.grad.abs().sum() > 0 and loss.last["perceptual"] > 0
-    assert value.item() == pytest.approx(F.l1_loss(pred, gt).item() + 0.5 * loss.last["perceptual"], rel=1e-5)
+    assert value.item() == pytest.approx(F.l1_loss(pred, gt).item() + 0.5 * loss.last["perceptual"].item(), rel=1e-5)
 
 
 def test_temporal_term_penalises_flicker_beyond_the_targets_changes():
