@@ -68,11 +68,11 @@ class AttentiveStateSpace(nn.Module):
     def _prompts(self, x: torch.Tensor, basis: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token prompts (B, L, d_state) and route index (B, L)."""
         prompts = self.embeddingB.weight @ basis.weight  # (num_tokens, d_state)
-        logits = self.route(x)  # (B, L, num_tokens), log-probabilities
         if self.training or self.routing == "gumbel":
+            logits = self.route(x)  # (B, L, num_tokens), log-probabilities
             policy = F.gumbel_softmax(logits, hard=True, dim=-1)  # one-hot forward, soft gradient
             return policy @ prompts, policy.detach().argmax(dim=-1)
-        index = logits.argmax(dim=-1)
+        index = self.route[:-1](x).argmax(dim=-1)  # the log-softmax shifts each row: same argmax, skipped
         return prompts[index], index
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], basis: nn.Embedding) -> torch.Tensor:

@@ -101,8 +101,8 @@ class FourWayScan(nn.Module):
         x = self.in_proj(rearrange(x, "b c h w -> b (h w) c"))  # tokens (B, L, d_inner)
         z = self.in_proj1(rearrange(z, "b c h w -> b (h w) c"))
         x = self.conv2d(x.view(b, h, w, self.d_inner).permute(0, 3, 1, 2))  # a channels-last view of the tokens
-        x = F.silu(x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner))
-        y = four_way_scan(self, x, h, w)  # (B, L, d_inner)
+        x = x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner)
+        y = four_way_scan(self, x, h, w, activation="silu")  # (B, L, d_inner)
         y = self.out_norm(y.to(z.dtype)) * F.silu(z)
         return rearrange(self.out_proj(y), "b (h w) c -> b c h w", h=h, w=w)
 

@@ -142,10 +142,9 @@ class MultiHeadSelectiveScan(nn.Module):
             x = x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner)
         else:
             x = self._maybe_checkpoint(self.conv, x.transpose(1, 2))[..., :length].transpose(1, 2)
-        x = F.silu(x)  # (B, L, d_inner)
-
+        # (B, L, d_inner) before the silu, which the scan applies as it reads them
         heads = x.view(b, length, k, d) if self.concat_heads else x.unsqueeze(2).expand(b, length, k, d)
-        y = scan_tokens(self, heads, all_around_orders(self.cfg.scan_type, k, h, w))  # (B, L, K, d)
+        y = scan_tokens(self, heads, all_around_orders(self.cfg.scan_type, k, h, w), activation="silu")
         y = y.reshape(b, length, k * d) if self.concat_heads else y.sum(dim=2)
 
         y = self.out_norm(y.to(tokens.dtype))

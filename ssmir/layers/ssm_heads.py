@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ssmir.ops.export_scan import exporting
-from ssmir.ops.head_scan import scan_heads_in_orders
+from ssmir.ops.head_scan import scan_heads_projected
 from ssmir.ops.scan_orders import four_way_orders, four_way_orders_traced
 
 
@@ -53,25 +53,19 @@ def init_scan_parameters(module: nn.Module, dt_min=0.001, dt_max=0.1, dt_init="r
 
 
 def scan_tokens(module: nn.Module, x: torch.Tensor, orders: torch.Tensor | None = None,
-                c_offset: torch.Tensor | None = None) -> torch.Tensor:
+                c_offset: torch.Tensor | None = None, activation: str | None = None) -> torch.Tensor:
     """Project each head's tokens to (dt, B, C) and scan head k along ``orders[k]`` (or per batch element,
-    (B, K, L)): x (B, L, K, d) -> (B, L, K, d) float32, each output at its token. ``c_offset`` (B, L, K, N)
-    is added to C by scan position (MambaIRv2's prompts). The projections are per token, so they are taken
-    in token order; ``ssmir.ops.head_scan`` reads the tokens in each head's order without copying them.
+    (B, K, L)): x (B, L, K, d) -> (B, L, K, d) float32, each output at its token. ``activation`` ('silu' or
+    None) is applied to x first; ``c_offset`` (B, L, K, N) is added to C by scan position (MambaIRv2's
+    prompts). The projections are per token, so they are taken in token order; ``ssmir.ops.head_scan``
+    reads the tokens in each head's order without copying them (``scan_heads_projected``: in inference on
+    CPU, activation, projections and scan are one compiled kernel).
     """
-    d_state = module.A_logs.shape[1]
-    dt_rank = module.dt_projs_weight.shape[2]
-    x_dbl = torch.einsum("blkd,kcd->blkc", x, module.x_proj_weight)  # (B, L, K, dt_rank + 2N)
-    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
-    dts = torch.einsum("blkr,kdr->blkd", dts, module.dt_projs_weight)
-    return scan_heads_in_orders(
-        x.float(), dts.float(), -torch.exp(module.A_logs.float()), Bs.float(), Cs.float(), module.Ds.float(),
-        delta_bias=module.dt_projs_bias.float().view(-1), delta_softplus=True, orders=orders,
-        c_offset=None if c_offset is None else c_offset.float(),
-    )
+    return scan_heads_projected(x, module.x_proj_weight, module.dt_projs_weight, module.dt_projs_bias,
+                                -torch.exp(module.A_logs), module.Ds, orders, c_offset, activation)
 
 
-def four_way_scan(module: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def four_way_scan(module: nn.Module, x: torch.Tensor, h: int, w: int, activation: str | None = None) -> torch.Tensor:
     """VMamba's SS2D core: every channel scanned along rows, columns and both reversed (four heads of the
     module's scan parameters), the four outputs summed. x (B, H*W, d) tokens in row-major order ->
     (B, H*W, d) float32.
@@ -79,4 +73,4 @@ def four_way_scan(module: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.T
     b, length, d = x.shape
     heads = x.unsqueeze(2).expand(b, length, 4, d)  # every head scans all channels
     orders = four_way_orders_traced(h, w, x.device) if exporting() else four_way_orders(h, w)
-    return scan_tokens(module, heads, orders).sum(dim=2)
+    return scan_tokens(module, heads, orders, activation=activation).sum(dim=2)

@@ -78,6 +78,38 @@ def _shifted_window_mask(h: int, w: int, ws: int) -> tuple[torch.Tensor, torch.T
     return mask, torch.nonzero(~nonzero).flatten(), torch.nonzero(nonzero).flatten()
 
 
+@functools.lru_cache(maxsize=32)
+def window_order(b: int, h: int, w: int, ws: int, shift: int) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+    """How ``attend_map`` takes the tokens of ``b`` (h, w) maps into windows in one gather.
+
+    The windows of the maps cyclically shifted by ``-shift`` in both directions (``torch.roll``) are grouped
+    by their shifted-window mask: the windows it leaves alone first, then one group per distinct masked
+    pattern (the last window row, the last column, the corner; all of them masked when a single window covers
+    the map), each group image-major, each window's tokens
+    in row-major order. Returns the gather index (b*h*w,) into the flattened (b*h*w) tokens, its inverse (the
+    scatter back to token order), the number of windows of each group and each group's additive mask (n, n),
+    None for the unmasked group.
+    """
+    nh, nw = h // ws, w // ws
+    if shift:
+        mask = _shifted_window_mask(h, w, ws)[0]
+        patterns, group = torch.unique(mask.flatten(1), dim=0, return_inverse=True)
+        zero = patterns.ne(0).any(1).logical_not()  # the all-zero pattern (none when one window covers the map)
+        ids = sorted(range(len(patterns)), key=lambda g: not zero[g])
+        sels = [torch.nonzero(group == g).flatten() for g in ids]
+        masks = tuple(None if zero[g] else patterns[g].view(ws * ws, ws * ws) for g in ids)
+    else:
+        sels, masks = [torch.arange(nh * nw)], (None,)
+    image = torch.arange(b)
+    img = torch.cat([image[:, None].expand(b, len(sel)).flatten() for sel in sels])
+    win = torch.cat([sel.repeat(b) for sel in sels])
+    iy, ix = (t.flatten() for t in torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij"))
+    y = ((win // nw)[:, None] * ws + iy + shift) % h
+    x = ((win % nw)[:, None] * ws + ix + shift) % w
+    index = (img[:, None] * (h * w) + y * w + x).flatten()
+    return index, torch.argsort(index), tuple(b * len(sel) for sel in sels), masks
+
+
 class WindowAttention(nn.Module):
     """Multi-head attention inside windows from precomputed q, k, v: (nW*B, n, 3C) -> (nW*B, n, C)."""
 
@@ -124,3 +156,47 @@ class WindowAttention(nn.Module):
                     bw // nw, -1, *q.shape[2:])
             out = out.flatten(0, 1)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def attend_map(self, qkv: torch.Tensor, size: tuple[int, int], rpi: torch.Tensor, shift: int) -> torch.Tensor:
+        """(Shifted) window attention of whole maps in token layout: qkv (B, H*W, 3C) -> (B, H*W, C), the same as
+        rolling by ``-shift``, ``window_partition``, ``forward`` with the shifted-window mask, ``window_reverse`` and
+        rolling back, with one gather in and one gather out (``window_order``: the windows grouped by their mask
+        pattern, so that each group is one slice attended with the bias plus one (n, n) mask, or none).
+        The relative-position bias is kept between calls while no gradient is taken."""
+        b, length, c3 = qkv.shape
+        h, w = size
+        n, heads = self.window_size**2, self.num_heads
+        if self.dim % heads:
+            raise ValueError(f"window attention: {self.dim} channels do not split into {heads} heads")
+        index, inverse, counts, masks = window_order(b, h, w, self.window_size, shift)
+        index, inverse = index.to(qkv.device), inverse.to(qkv.device)
+        win = qkv.reshape(b * length, c3).index_select(0, index).view(-1, n, c3)
+        q, k, v = rearrange(win, "b n (three h d) -> three b h n d", three=3, h=heads)
+        bias = self._bias(rpi, q.dtype)  # (1, heads, n, n)
+        outs, start = [], 0
+        for count, mask in zip(counts, masks, strict=True):  # one attention call per mask pattern
+            if count:
+                part = slice(start, start + count)
+                full = bias if mask is None else bias + mask.to(q.device, q.dtype)
+                outs.append(F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=full,
+                                                           scale=self.scale))
+            start += count
+        # (windows, n, heads, d): a view of the attention kernel's output, whose memory is in this order
+        out = torch.cat([o.transpose(1, 2) for o in outs]) if len(outs) > 1 else outs[0].transpose(1, 2)
+        out = out.reshape(-1, self.dim).index_select(0, inverse).view(b, length, self.dim)
+        return self.proj(out)
+
+    def _bias(self, rpi: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The relative-position bias (1, heads, n, n) from the table; cached while no gradient is taken (keyed by
+        the table's version, so that loading or training it invalidates the cache)."""
+        table = self.relative_position_bias_table
+        grad = torch.is_grad_enabled() and table.requires_grad
+        key = (table._version, table.data_ptr(), rpi.data_ptr(), rpi._version, dtype)
+        cached = getattr(self, "_bias_cache", None)
+        if not grad and cached is not None and cached[0] == key:
+            return cached[1]
+        n = rpi.shape[0]
+        bias = table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0).to(dtype).contiguous()
+        if not grad:
+            self._bias_cache = (key, bias)
+        return bias

@@ -109,8 +109,8 @@ class SS2D(nn.Module):
         b, h, w, c = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self.conv2d(x.permute(0, 3, 1, 2))  # a channels-last view
-        x = F.silu(x).permute(0, 2, 3, 1).reshape(b, h * w, self.d_inner)
-        y = four_way_scan(self, x, h, w).view(b, h, w, self.d_inner)
+        x = x.permute(0, 2, 3, 1).reshape(b, h * w, self.d_inner)
+        y = four_way_scan(self, x, h, w, activation="silu").view(b, h, w, self.d_inner)
         return self.out_proj(self.out_norm(y.to(z.dtype)) * F.silu(z))
 
 

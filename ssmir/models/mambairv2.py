@@ -19,9 +19,7 @@ from ssmir.layers.assm import AttentiveStateSpace
 from ssmir.layers.resample import PixelShuffleUpscale
 from ssmir.layers.window_attention import (
     WindowAttention,
-    masked_windows,
     relative_position_index,
-    shifted_window_mask,
     shifted_window_mask_traced,
     window_partition,
     window_reverse,
@@ -69,7 +67,11 @@ class GatedMLP(nn.Module):
         self.fc2 = nn.Linear(hidden // 2, dim)
 
     def forward(self, x, size):
-        a, b = F.gelu(self.fc1(x)).chunk(2, dim=-1)
+        # fc1's two halves as two products, so that each is contiguous (the norm and the gate read them in place)
+        half = self.fc1.out_features // 2
+        weight, bias = self.fc1.weight, self.fc1.bias
+        a = F.gelu(F.linear(x, weight[:half], None if bias is None else bias[:half]))
+        b = F.gelu(F.linear(x, weight[half:], None if bias is None else bias[half:]))
         gate = _to_tokens(self.sg.conv(_to_map(self.sg.norm(b), *size)))
         return self.fc2(a * gate)
 
@@ -103,27 +105,27 @@ class AttentiveLayer(nn.Module):
         ws, shift = self.window_size, self.shift_size
 
         shortcut = x
-        qkv = self.wqkv(self.norm1(x)).reshape(b, h, w, 3 * c)
-        mask = windows = None
-        if shift > 0:
-            qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
-            if exporting():  # from tensor operations: the exported graph keeps height and width symbolic
+        qkv = self.wqkv(self.norm1(x))
+        if exporting():  # rolls and rearranges: the exported graph keeps height and width symbolic
+            qkv = qkv.reshape(b, h, w, 3 * c)
+            mask = None
+            if shift > 0:
+                qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
                 mask = shifted_window_mask_traced(h, w, ws, x.device).to(x.dtype)
-            else:
-                mask = shifted_window_mask(h, w, ws).to(x.device, x.dtype)
-                windows = tuple(i.to(x.device) for i in masked_windows(h, w, ws))
-        attn = self.win_mhsa(window_partition(qkv, ws), rpi, mask, windows)
-        attn = window_reverse(attn, ws, h, w)
-        if shift > 0:
-            attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))
-        x_win = attn.reshape(b, n, c) + shortcut
+            attn = window_reverse(self.win_mhsa(window_partition(qkv, ws), rpi, mask), ws, h, w)
+            if shift > 0:
+                attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))
+            attn = attn.reshape(b, n, c)
+        else:  # one gather into windows and one back (``WindowAttention.attend_map``)
+            attn = self.win_mhsa.attend_map(qkv, size, rpi, shift)
+        x_win = attn + shortcut
         x_win = self.convffn1(self.norm2(x_win), size) + x_win
-        x = shortcut * self.scale1 + x_win
+        x = torch.addcmul(x_win, shortcut, self.scale1)  # shortcut * scale1 + x_win in one pass
 
         shortcut = x
         x_ssm = self.assm(self.norm3(x), size, self.embeddingA) + x
         x = x_ssm + self.convffn2(self.norm4(x_ssm), size)
-        return shortcut * self.scale2 + x
+        return torch.addcmul(x, shortcut, self.scale2)
 
 
 def residual_conv(dim: int, kind: str) -> nn.Module | None:

@@ -260,3 +260,86 @@ def _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offs
                          (D if D is not None else u.new_zeros(K * d)).to(ct).contiguous(),
                          orders.to(torch.int64).contiguous())
     return y.to(dtype_in)
+
+
+def scan_heads_projected(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders=None, c_offset=None,
+                         activation: str | None = None, backend: str | None = None):
+    """The per-head projections and scans of a Mamba-style mixer, from its inputs: x (B, L, K, d) through
+    ``activation`` (None or 'silu'), (dt_r, B, C) = x_proj_weight[k] (R + 2N, d) @ x per head, the step
+    dt = softplus(dt_projs_weight[k] (d, R) @ dt_r + dt_projs_bias (K, d)), then ``scan_heads_in_orders``
+    with A (K*d, N) and D (K*d,). Returns (B, L, K, d), float32 (float64 for float64 inputs).
+
+    Inference on CPU with the numba backend (no gradient needed) runs all of it in one compiled kernel
+    (``ssmir.ops._numba_scan.scan_tokens_infer``): the activation, the projections, the step and the scan per
+    token, without the (B, L, K, R + 2N) and (B, L, K, d) intermediates. Everywhere else, and as its
+    reference, the same composition of PyTorch operations and ``scan_heads_in_orders``.
+    """
+    if activation not in (None, "silu"):
+        raise ValueError(f"scan_heads_projected: activation must be None or 'silu', got {activation!r}")
+    nb, L, K, d = u.shape
+    if orders is None:
+        orders = torch.arange(L).expand(K, L)
+    if _fusable(u, (x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, c_offset), backend):
+        return _projected_numba(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders, c_offset, activation)
+    return _projected_reference(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders, c_offset, activation,
+                                backend)
+
+
+def _projected_reference(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders, c_offset, activation,
+                         backend):
+    if activation == "silu":
+        u = F.silu(u)
+    d_state, dt_rank = A.shape[1], dt_projs_weight.shape[2]
+    x_dbl = torch.einsum("blkd,kcd->blkc", u, x_proj_weight)  # (B, L, K, dt_rank + 2N)
+    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
+    dts = torch.einsum("blkr,kdr->blkd", dts, dt_projs_weight)
+    ct = _compute_dtype(u)  # float32, or float64 for float64 inputs
+    return scan_heads_in_orders(
+        u.to(ct), dts.to(ct), A.to(ct), Bs.to(ct), Cs.to(ct), D.to(ct), delta_bias=dt_projs_bias.to(ct).view(-1),
+        delta_softplus=True, orders=orders, c_offset=None if c_offset is None else c_offset.to(ct), backend=backend)
+
+
+def _fusable(u, tensors, backend) -> bool:
+    """The fused inference kernel applies: CPU, numba backend, float32/float64, no gradient, not traced."""
+    if u.device.type != "cpu" or exporting() or _compiling() or u.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t is not None and t.dtype != u.dtype for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, *tensors)):
+        return False
+    return resolve_backend(u.device, backend) == "numba"
+
+
+def _projected_numba(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders, c_offset, activation):
+    k = _numba_kernels()
+    _set_numba_threads()
+    nb, L, K, d = u.shape
+    N = A.shape[1]
+    orders = _check(u, u, A, None, None, D, dt_projs_bias.reshape(-1), orders, c_offset).to(torch.int64).contiguous()
+    parts = _parts(nb, K, d)
+    silu = activation == "silu"
+    if parts == 1:  # every task holds a whole head: the projections are computed in the kernel
+        xd = u
+    else:  # channel slices of a head share its projections: computed once here, per token
+        x = F.silu(u) if silu else u
+        if K == 1 or x.stride(2) == 0:  # one head, or heads sharing their input: one product for all heads
+            xd = F.linear(x[:, :, 0], x_proj_weight.reshape(-1, d)).view(nb, L, K, -1)
+        else:
+            xd = torch.einsum("blkd,kcd->blkc", x, x_proj_weight)
+    recorder, clock = FLOP_RECORDER.get(), _SCAN_CLOCK.get()
+    if recorder is not None:
+        recorder(scan_flops(nb, K * d, L, N))
+    t0 = time.perf_counter()
+    y = u.new_empty(nb, L, K, d)
+
+    def arr(t):
+        return t.detach().numpy()
+
+    k.scan_tokens_infer(arr(u), silu, arr(xd), parts > 1, arr(x_proj_weight.transpose(1, 2).contiguous()),
+                        arr(dt_projs_weight.contiguous()), arr(dt_projs_bias.reshape(-1).contiguous()),
+                        arr(A.contiguous()), arr(c_offset if c_offset is not None else u), c_offset is not None,
+                        arr(D.contiguous()), orders.numpy(), _NUMBA_CHUNK, parts, y.numpy())
+    if clock is not None:
+        clock.seconds += time.perf_counter() - t0
+        clock.calls += 1
+    return y

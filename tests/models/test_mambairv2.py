@@ -187,3 +187,53 @@ def test_window_attention_equals_the_explicit_formula(shifted):
     if shifted:
         plain, masked = windows
         assert len(masked) == (h // ws) + (w // ws) - 1 and len(plain) + len(masked) == nw
+
+
+@pytest.mark.parametrize("b,h,w,ws,shift", [(2, 12, 8, 4, 2), (1, 8, 8, 8, 4), (1, 16, 8, 4, 0), (3, 4, 12, 4, 2)])
+def test_attend_map_equals_roll_partition_attend_reverse_roll(b, h, w, ws, shift):
+    # the one-gather window attention against the Swin composition written with torch.roll, window_partition,
+    # the mask on every window and window_reverse: values and gradients
+    from ssmir.layers.window_attention import (
+        WindowAttention,
+        relative_position_index,
+        shifted_window_mask,
+        window_partition,
+        window_reverse,
+    )
+
+    torch.manual_seed(0)
+    dim, heads = 8, 2
+    attn = WindowAttention(dim, ws, heads).double()
+    rpi = relative_position_index(ws)
+    qkv = torch.randn(b, h * w, 3 * dim, dtype=torch.float64, requires_grad=True)
+    got = attn.attend_map(qkv, (h, w), rpi, shift)
+
+    x = qkv.view(b, h, w, 3 * dim)
+    mask = None
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        mask = shifted_window_mask(h, w, ws).double()
+    want = window_reverse(attn(window_partition(x, ws), rpi, mask), ws, h, w)
+    if shift:
+        want = torch.roll(want, shifts=(shift, shift), dims=(1, 2))
+    want = want.reshape(b, h * w, dim)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, qkv, g)[0], torch.autograd.grad(want, qkv, g)[0])
+
+
+def test_cached_position_bias_follows_the_table():
+    # the bias kept between no-grad calls is rebuilt when the table changes (loading weights, training)
+    from ssmir.layers.window_attention import WindowAttention, relative_position_index
+
+    torch.manual_seed(0)
+    attn, rpi = WindowAttention(8, 4, 2).eval(), relative_position_index(4)
+    qkv = torch.randn(1, 64, 24)
+    with torch.no_grad():
+        before = attn.attend_map(qkv, (8, 8), rpi, 2)
+        attn.relative_position_bias_table.mul_(50.0)
+        after = attn.attend_map(qkv, (8, 8), rpi, 2)
+        fresh = WindowAttention(8, 4, 2).eval()
+        fresh.load_state_dict(attn.state_dict())
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(after, fresh.attend_map(qkv, (8, 8), rpi, 2), rtol=0, atol=0)

@@ -92,3 +92,52 @@ def test_bad_shapes_raise_clear_errors():
         scan_heads_in_orders(u, delta, A, B[:, :4], C, D, bias, True, orders)
     with pytest.raises(ValueError, match="u must be"):
         scan_heads_in_orders(u[0], delta, A, B, C, D, bias, True, orders)
+
+
+@pytest.mark.parametrize("case", [
+    dict(nb=1, L=150, K=8, d=4, N=5, R=2, act="silu"),  # EAMamba: heads split the channels, projections in the kernel
+    dict(nb=2, L=90, K=1, d=6, N=4, R=1, per_batch=True, offset=True),  # MambaIRv2: per-image order and prompts
+    dict(nb=1, L=70, K=4, d=3, N=2, R=1, expand=True, act="silu"),  # VMamba's four-way scan: shared input
+])
+@pytest.mark.parametrize("parts", [1, 3])  # whole heads per task (projections in the kernel), or channel slices
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_inference_kernel_matches_its_composition(case, parts, dtype, monkeypatch):
+    # activation, x projection, dt projection + bias + softplus and the scan in one kernel, against the same
+    # steps as PyTorch operations followed by the reference scan
+    from ssmir.ops import head_scan
+
+    case = dict(case)
+    R, act = case.pop("R"), case.pop("act", None)
+    (u, _, A, _, _, D, bias), orders, c_offset = make(**case, dtype=dtype)
+    nb, L, K, d = u.shape
+    N = A.shape[1]
+    g = torch.Generator().manual_seed(1)
+    x_proj = torch.randn(K, R + 2 * N, d, generator=g, dtype=dtype) * 0.5
+    dt_proj = torch.randn(K, d, R, generator=g, dtype=dtype)
+    dt_bias = bias.view(K, d) - 1.0
+    monkeypatch.setattr(head_scan, "_parts", lambda nb, K, d: min(parts, d))
+    args = (u, x_proj, dt_proj, dt_bias, A, D, orders, c_offset, act)
+    with torch.no_grad():
+        assert head_scan._fusable(u, (x_proj, dt_proj, dt_bias, A, D, c_offset), None)
+        got = head_scan.scan_heads_projected(*args)
+        want = head_scan._projected_reference(*args, "reference")
+    assert got.dtype == want.dtype == dtype
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_fused_kernel_is_inference_only():
+    # with a gradient to take, the composition runs (autograd through it), and the result is the same
+    from ssmir.ops import head_scan
+
+    (u, _, A, _, _, D, bias), orders, _ = make(1, 40, 2, 3, 4)
+    x_proj = torch.randn(2, 1 + 8, 3, dtype=torch.float64, requires_grad=True)
+    dt_proj = torch.randn(2, 3, 1, dtype=torch.float64)
+    args = (u, x_proj, dt_proj, bias.view(2, 3), A, D, orders, None, "silu")
+    assert not head_scan._fusable(u, (x_proj, dt_proj, bias, A, D, None), None)
+    y = head_scan.scan_heads_projected(*args)
+    assert y.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(head_scan.scan_heads_projected(*args), y.detach(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="activation"):
+        head_scan.scan_heads_projected(*args[:-1], "gelu")
