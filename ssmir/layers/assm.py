@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
+from ssmir.ops.linear import TokenLinear
 
 ROUTINGS = ("argmax", "gumbel")
 
@@ -57,12 +58,12 @@ class AttentiveStateSpace(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.selectiveScan = PromptedSelectiveScan(hidden, d_state)
         self.out_norm = nn.LayerNorm(hidden)
-        self.out_proj = nn.Linear(hidden, dim)
+        self.out_proj = TokenLinear(hidden, dim)
         self.in_proj = nn.Sequential(nn.Conv2d(dim, hidden, 1))
         self.CPE = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden))  # conditional position enc.
         self.embeddingB = nn.Embedding(num_tokens, inner_rank)
         nn.init.uniform_(self.embeddingB.weight, -1 / num_tokens, 1 / num_tokens)
-        self.route = nn.Sequential(nn.Linear(dim, dim // 3), nn.GELU(), nn.Linear(dim // 3, num_tokens),
+        self.route = nn.Sequential(TokenLinear(dim, dim // 3), nn.GELU(), TokenLinear(dim // 3, num_tokens),
                                    nn.LogSoftmax(dim=-1))
 
     def _prompts(self, x: torch.Tensor, basis: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ssmir.layers.norms import LayerNorm2d
 from ssmir.layers.ssm_heads import add_scan_parameters, four_way_scan, init_scan_parameters
+from ssmir.ops.linear import TokenLinear
 
 TOPK_FRACTIONS = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
 
@@ -87,13 +88,13 @@ class FourWayScan(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 3, expand: float = 2.0):
         super().__init__()
         self.d_inner = int(expand * d_model)
-        self.in_proj = nn.Linear(d_model, self.d_inner, bias=False)
-        self.in_proj1 = nn.Linear(d_model, self.d_inner, bias=False)
+        self.in_proj = TokenLinear(d_model, self.d_inner, bias=False)
+        self.in_proj1 = TokenLinear(d_model, self.d_inner, bias=False)
         self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner)
         add_scan_parameters(self, 4, self.d_inner, d_state, math.ceil(d_model / 16))
         init_scan_parameters(self)
         self.out_norm = nn.LayerNorm(self.d_inner)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.out_proj = TokenLinear(self.d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -132,8 +133,8 @@ class NonlinearGatedUnit(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = TokenLinear(dim, 2 * hidden)
+        self.fc2 = TokenLinear(hidden, dim)
 
     def forward(self, x):
         value, gate = self.fc1(x).chunk(2, dim=-1)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
+from ssmir.ops.linear import TokenLinear, token_linear
 from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_orders
 
 MERGE_METHODS = ("add", "concate")
@@ -93,7 +94,7 @@ class MultiHeadSelectiveScan(nn.Module):
                           "run", stacklevel=2)
         self.d_head = self.d_inner // self.heads if self.concat_heads else self.d_inner
 
-        self.in_proj = nn.Linear(d_model, self.d_inner * (1 if cfg.disable_z_branch else 2), bias=cfg.bias)
+        self.in_proj = TokenLinear(d_model, self.d_inner * (1 if cfg.disable_z_branch else 2), bias=cfg.bias)
         if cfg.conv_2d:
             self.conv = nn.Conv2d(self.d_inner, self.d_inner, cfg.d_conv, padding=(cfg.d_conv - 1) // 2,
                                   groups=self.d_inner, bias=cfg.conv_bias)
@@ -101,7 +102,7 @@ class MultiHeadSelectiveScan(nn.Module):
             self.conv = nn.Conv1d(self.d_inner, self.d_inner, cfg.d_conv, padding=cfg.d_conv - 1,
                                   groups=self.d_inner, bias=cfg.conv_bias)
         self.out_norm = nn.LayerNorm(self.d_inner)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=cfg.bias)
+        self.out_proj = TokenLinear(self.d_inner, d_model, bias=cfg.bias)
 
         add_scan_parameters(self, self.heads, self.d_head, self.d_state, self.dt_rank)
         self.reset_ssm_parameters()
@@ -127,10 +128,10 @@ class MultiHeadSelectiveScan(nn.Module):
 
         def project_in(t):  # the x and z halves as separate (B, L, d_inner) tensors
             weight, bias = self.in_proj.weight, self.in_proj.bias
-            x = F.linear(t, weight[: self.d_inner], None if bias is None else bias[: self.d_inner])
+            x = token_linear(t, weight[: self.d_inner], None if bias is None else bias[: self.d_inner])
             if self.cfg.disable_z_branch:
                 return x, None
-            return x, F.linear(t, weight[self.d_inner:], None if bias is None else bias[self.d_inner:])
+            return x, token_linear(t, weight[self.d_inner:], None if bias is None else bias[self.d_inner:])
 
         if self.cfg.use_checkpoint and torch.is_grad_enabled():
             x, z = checkpoint(project_in, tokens, use_reentrant=False)

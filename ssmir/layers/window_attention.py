@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.ops.export_scan import exporting
+from ssmir.ops.linear import TokenLinear
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -118,7 +119,7 @@ class WindowAttention(nn.Module):
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = TokenLinear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None = None,

@@ -28,6 +28,7 @@ from ssmir.models.mambairv2 import (
     residual_conv,
 )
 from ssmir.models.registry import register, register_detector
+from ssmir.ops.linear import TokenLinear
 
 
 class DropPath(nn.Module):
@@ -98,12 +99,12 @@ class SS2D(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 3, expand: float = 2.0):
         super().__init__()
         self.d_inner = int(expand * d_model)
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.in_proj = TokenLinear(d_model, 2 * self.d_inner, bias=False)
         self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner)
         add_scan_parameters(self, 4, self.d_inner, d_state, math.ceil(d_model / 16))
         init_scan_parameters(self)
         self.out_norm = nn.LayerNorm(self.d_inner)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.out_proj = TokenLinear(self.d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape

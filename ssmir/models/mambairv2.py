@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.layers.assm import AttentiveStateSpace
-from ssmir.layers.resample import PixelShuffleUpscale
+from ssmir.layers.resample import PixelShuffle, PixelShuffleUpscale
 from ssmir.layers.window_attention import (
     WindowAttention,
     relative_position_index,
@@ -26,6 +26,7 @@ from ssmir.layers.window_attention import (
 )
 from ssmir.models.registry import register, register_detector
 from ssmir.ops.export_scan import exporting
+from ssmir.ops.linear import TokenLinear, token_linear
 
 UPSAMPLERS = ("", "pixelshuffle", "pixelshuffledirect", "nearest+conv")
 
@@ -43,11 +44,11 @@ class ConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden: int, kernel_size: int = 5):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = TokenLinear(dim, hidden)
         self.dwconv = nn.Module()
         self.dwconv.depthwise_conv = nn.Sequential(
             nn.Conv2d(hidden, hidden, kernel_size, 1, (kernel_size - 1) // 2, groups=hidden), nn.GELU())
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = TokenLinear(hidden, dim)
 
     def forward(self, x, size):
         x = F.gelu(self.fc1(x))
@@ -60,18 +61,18 @@ class GatedMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = TokenLinear(dim, hidden)
         self.sg = nn.Module()
         self.sg.norm = nn.LayerNorm(hidden // 2)
         self.sg.conv = nn.Conv2d(hidden // 2, hidden // 2, 5, 1, 2, groups=hidden // 2)
-        self.fc2 = nn.Linear(hidden // 2, dim)
+        self.fc2 = TokenLinear(hidden // 2, dim)
 
     def forward(self, x, size):
         # fc1's two halves as two products, so that each is contiguous (the norm and the gate read them in place)
         half = self.fc1.out_features // 2
         weight, bias = self.fc1.weight, self.fc1.bias
-        a = F.gelu(F.linear(x, weight[:half], None if bias is None else bias[:half]))
-        b = F.gelu(F.linear(x, weight[half:], None if bias is None else bias[half:]))
+        a = F.gelu(token_linear(x, weight[:half], None if bias is None else bias[:half]))
+        b = F.gelu(token_linear(x, weight[half:], None if bias is None else bias[half:]))
         gate = _to_tokens(self.sg.conv(_to_map(self.sg.norm(b), *size)))
         return self.fc2(a * gate)
 
@@ -86,7 +87,7 @@ class AttentiveLayer(nn.Module):
         self.scale1 = nn.Parameter(1e-4 * torch.ones(dim))
         self.scale2 = nn.Parameter(1e-4 * torch.ones(dim))
         self.norm1, self.norm2, self.norm3, self.norm4 = (nn.LayerNorm(dim) for _ in range(4))
-        self.wqkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.wqkv = TokenLinear(dim, 3 * dim, bias=qkv_bias)
         self.win_mhsa = WindowAttention(dim, window_size, num_heads)
         self.assm = AttentiveStateSpace(dim, d_state, num_tokens=num_tokens, inner_rank=inner_rank,
                                         mlp_ratio=mlp_ratio, routing=routing)
@@ -170,7 +171,7 @@ def build_reconstruction(model: nn.Module, upsampler: str, embed_dim: int, in_ch
         model.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
     elif upsampler == "pixelshuffledirect":
         model.upsample = nn.Sequential(nn.Conv2d(embed_dim, model.upscale**2 * in_chans, 3, 1, 1),
-                                       nn.PixelShuffle(model.upscale))
+                                       PixelShuffle(model.upscale))
     elif upsampler == "nearest+conv":
         model.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         model.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor  # noqa: F401 (the custom operators' annotations are resolved at module scope)
 
 from ssmir.ops.export_scan import exporting
+from ssmir.ops.linear import token_linear
 from ssmir.ops.selective_scan import (
     _NUMBA_CHUNK,
     _SCAN_CLOCK,
@@ -323,7 +324,7 @@ def _projected_numba(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, ord
     else:  # channel slices of a head share its projections: computed once here, per token
         x = F.silu(u) if silu else u
         if K == 1 or x.stride(2) == 0:  # one head, or heads sharing their input: one product for all heads
-            xd = F.linear(x[:, :, 0], x_proj_weight.reshape(-1, d)).view(nb, L, K, -1)
+            xd = token_linear(x[:, :, 0], x_proj_weight.reshape(-1, d)).view(nb, L, K, -1)
         else:
             xd = torch.einsum("blkd,kcd->blkc", x, x_proj_weight)
     recorder, clock = FLOP_RECORDER.get(), _SCAN_CLOCK.get()
