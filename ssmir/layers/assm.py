@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
+from ssmir.ops.export_scan import exporting
 from ssmir.ops.linear import TokenLinear
 
 ROUTINGS = ("argmax", "gumbel")
@@ -82,7 +83,10 @@ class AttentiveStateSpace(nn.Module):
         prompt, route = self._prompts(x, basis)
         # (B, L): semantic neighbours side by side, in token order within a route: the stable sort of the routes,
         # as the argsort of keys that are all distinct (an ordinary sort, so that it exports to ONNX's TopK)
-        order = torch.argsort(route * length + torch.arange(length, device=route.device), dim=-1)
+        if exporting():
+            order = torch.argsort(route * length + torch.arange(length, device=route.device), dim=-1)
+        else:
+            order = torch.argsort(route, dim=-1, stable=True)  # the same order, without the keys
 
         feats = self.in_proj(rearrange(x, "b (h w) c -> b c h w", h=h, w=w))
         feats = feats * torch.sigmoid(self.CPE(feats))

@@ -158,20 +158,26 @@ class WindowAttention(nn.Module):
             out = out.flatten(0, 1)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
-    def attend_map(self, qkv: torch.Tensor, size: tuple[int, int], rpi: torch.Tensor, shift: int) -> torch.Tensor:
+    def attend_map(self, x: torch.Tensor, size: tuple[int, int], rpi: torch.Tensor, shift: int,
+                   to_qkv=None) -> torch.Tensor:
         """(Shifted) window attention of whole maps in token layout: qkv (B, H*W, 3C) -> (B, H*W, C), the same as
         rolling by ``-shift``, ``window_partition``, ``forward`` with the shifted-window mask, ``window_reverse`` and
         rolling back, with one gather in and one gather out (``window_order``: the windows grouped by their mask
         pattern, so that each group is one slice attended with the bias plus one (n, n) mask, or none).
-        The relative-position bias is kept between calls while no gradient is taken."""
-        b, length, c3 = qkv.shape
+        With ``to_qkv`` (a per-token projection C -> 3C), x is the tokens (B, H*W, C) and the projection is
+        taken after the gather, which then moves a third of the data. The relative-position bias is kept between
+        calls while no gradient is taken."""
+        b, length, cx = x.shape
         h, w = size
         n, heads = self.window_size**2, self.num_heads
         if self.dim % heads:
             raise ValueError(f"window attention: {self.dim} channels do not split into {heads} heads")
         index, inverse, counts, masks = window_order(b, h, w, self.window_size, shift)
-        index, inverse = index.to(qkv.device), inverse.to(qkv.device)
-        win = qkv.reshape(b * length, c3).index_select(0, index).view(-1, n, c3)
+        index, inverse = index.to(x.device), inverse.to(x.device)
+        win = x.reshape(b * length, cx).index_select(0, index)
+        if to_qkv is not None:
+            win = to_qkv(win)
+        win = win.view(-1, n, 3 * self.dim)
         q, k, v = rearrange(win, "b n (three h d) -> three b h n d", three=3, h=heads)
         bias = self._bias(rpi, q.dtype)  # (1, heads, n, n)
         outs, start = [], 0

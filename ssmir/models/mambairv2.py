@@ -106,9 +106,8 @@ class AttentiveLayer(nn.Module):
         ws, shift = self.window_size, self.shift_size
 
         shortcut = x
-        qkv = self.wqkv(self.norm1(x))
         if exporting():  # rolls and rearranges: the exported graph keeps height and width symbolic
-            qkv = qkv.reshape(b, h, w, 3 * c)
+            qkv = self.wqkv(self.norm1(x)).reshape(b, h, w, 3 * c)
             mask = None
             if shift > 0:
                 qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
@@ -117,8 +116,8 @@ class AttentiveLayer(nn.Module):
             if shift > 0:
                 attn = torch.roll(attn, shifts=(shift, shift), dims=(1, 2))
             attn = attn.reshape(b, n, c)
-        else:  # one gather into windows and one back (``WindowAttention.attend_map``)
-            attn = self.win_mhsa.attend_map(qkv, size, rpi, shift)
+        else:  # one gather into windows and one back (``WindowAttention.attend_map``), q, k, v taken in windows
+            attn = self.win_mhsa.attend_map(self.norm1(x), size, rpi, shift, to_qkv=self.wqkv)
         x_win = attn + shortcut
         x_win = self.convffn1(self.norm2(x_win), size) + x_win
         x = torch.addcmul(x_win, shortcut, self.scale1)  # shortcut * scale1 + x_win in one pass

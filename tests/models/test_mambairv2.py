@@ -220,6 +220,11 @@ def test_attend_map_equals_roll_partition_attend_reverse_roll(b, h, w, ws, shift
     torch.testing.assert_close(got, want)
     g = torch.randn_like(got)
     torch.testing.assert_close(torch.autograd.grad(got, qkv, g)[0], torch.autograd.grad(want, qkv, g)[0])
+    # the projection to q, k, v taken after the gather (tokens in, as MambaIRv2's layers pass them)
+    to_qkv = torch.nn.Linear(dim, 3 * dim).double()
+    tokens = torch.randn(b, h * w, dim, dtype=torch.float64)
+    torch.testing.assert_close(attn.attend_map(tokens, (h, w), rpi, shift, to_qkv=to_qkv),
+                               attn.attend_map(to_qkv(tokens), (h, w), rpi, shift))
 
 
 def test_cached_position_bias_follows_the_table():
