@@ -10,6 +10,13 @@ ratios, the time spent inside the selective scan
 
     python benchmarks/bench_models.py                          # the four models of the CPU-speed issue
     python benchmarks/bench_models.py --models eamambasr-light-x4 --repeat 5
+
+``--compare DIR`` also runs another checkout of ssmir (e.g. ``git worktree add /tmp/before 234f850``) on the
+same models, alternating the two trees for ``--rounds`` rounds so that both see the same machine, and prints
+the speed-up of each model (median over rounds of the ratio of their ratios) and, for the issue's models, the
+issue's ratio divided by that speed-up: the issue's "ratio now" column was measured at commit 234f850 with a
+conv baseline timed on its own, which runs slower than the warm conv timed here, so its scale is reached
+through the speed-up rather than read off this script's ratio.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ import sys
 # (zoo entry, input side): the shapes the ratio targets refer to
 CASES = [("eamamba-denoise-color", 256), ("eamambasr-light-x4", 128), ("mambairv2light-sr-x4", 128),
          ("emambair-event-deblur", 256)]
+# the CPU-speed issue's "ratio now" (low, high) at commit 234f850, and its target
+ISSUE = {"eamamba-denoise-color": ((3.8, 4.0), 1.6), "eamambasr-light-x4": ((2.7, 2.8), 1.6),
+         "mambairv2light-sr-x4": ((6.0, 7.4), 2.0), "emambair-event-deblur": ((2.6, 2.6), 1.6)}
 
 
 def worker(name: str, size: int, repeat: int, threads: int) -> dict:
@@ -99,6 +109,8 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--compare", metavar="DIR", help="another ssmir checkout to time against (see above)")
+    p.add_argument("--rounds", type=int, default=3, help="with --compare: rounds of both trees")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -107,6 +119,9 @@ def main():
         return
     sizes = dict(CASES)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), NUMBA_NUM_THREADS=str(a.threads))
+    if a.compare:
+        compare(a, sizes, env)
+        return
     print(f"forward pass, batch 1, {a.threads} threads, median of {a.repeat} after one warm-up; conv baseline: "
           "3x3 64->64 at the input size, scaled to the model's MACs, same process\n")
     print("| model | input | GMACs | forward (s) | 3x3 conv, same MACs (s) | ratio | in the scan (s) | scan backend "
@@ -127,6 +142,53 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def run_worker(name: str, size: int, a, env: dict, tree: str | None = None) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", name, str(size), str(a.repeat), str(a.threads)]
+    env = dict(env, PYTHONPATH=tree) if tree else env
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or None)
+    if out.returncode != 0:
+        print(f"{name} ({tree or 'this tree'}) failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(a, sizes: dict, env: dict) -> None:
+    import statistics
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows = {name: {"base": [], "now": []} for name in a.models}
+    for r in range(a.rounds):
+        for name in a.models:
+            size = a.size or sizes.get(name, 128)
+            for key, tree in (("base", os.path.abspath(a.compare)), ("now", here)):
+                res = run_worker(name, size, a, env, tree)
+                if res:
+                    rows[name][key].append(res)
+        print(f"round {r + 1} of {a.rounds} done", flush=True)
+    print(f"\n{a.threads} threads, {a.rounds} rounds alternating the trees, median of {a.repeat} passes each; "
+          f"baseline tree: {a.compare}\n")
+    print("| model | baseline forward (s) | ratio | now forward (s) | ratio | speed-up (ratio) | speed-up (time) "
+          "| issue's ratio / speed-up | target |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out = []
+    for name, rr in rows.items():
+        if not rr["base"] or len(rr["base"]) != len(rr["now"]):
+            continue
+        med = statistics.median
+        sp_ratio = med([b["ratio"] / n["ratio"] for b, n in zip(rr["base"], rr["now"], strict=True)])
+        sp_time = med([b["model_s"] / n["model_s"] for b, n in zip(rr["base"], rr["now"], strict=True)])
+        issue, target = ISSUE.get(name, (None, None))
+        scaled = f"{issue[0] / sp_ratio:.2f}–{issue[1] / sp_ratio:.2f}" if issue else "–"
+        print(f"| {name} | {med([b['model_s'] for b in rr['base']]):.3f} | {med([b['ratio'] for b in rr['base']]):.2f} "
+              f"| {med([n['model_s'] for n in rr['now']]):.3f} | {med([n['ratio'] for n in rr['now']]):.2f} "
+              f"| {sp_ratio:.2f}× | {sp_time:.2f}× | {scaled} | {target if target else '–'} |", flush=True)
+        out.append({"model": name, "base": rr["base"], "now": rr["now"], "speedup_ratio": sp_ratio,
+                    "speedup_time": sp_time})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

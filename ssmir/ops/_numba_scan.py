@@ -220,6 +220,38 @@ def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
 # --------------------------------------------------------------------------- token-major heads with scan orders
 
 
+@numba.njit(inline="always", cache=True)
+def _task_slice(task, K, parts, dh):
+    """The (batch, head, channel slice) of a token-layout task: batch index, head, first channel, channels."""
+    bi = task // (K * parts)
+    rest = task % (K * parts)
+    ki = rest // parts
+    p = rest % parts
+    c0 = (p * dh) // parts
+    return bi, ki, c0, ((p + 1) * dh) // parts - c0
+
+
+@numba.njit(inline="always", fastmath=True, cache=True)
+def _channel_block(T, dts, us, a_row, d_skip, bb, cb, e, h, ys):
+    """T steps of one channel from its state ``h`` (N,), updated in place: ``e`` (>= T, N) gets exp(dt A), then
+    h = e h + dt u B and ys = C . h + D u, with the block's B and C in ``bb``/``cb`` (time before state)."""
+    N = h.shape[0]
+    for j in range(T):
+        dtj = dts[j]
+        for n in range(N):
+            e[j, n] = fast_exp(dtj * a_row[n])
+    zero = d_skip - d_skip
+    for j in range(T):
+        ut = us[j]
+        dtu = dts[j] * ut
+        acc = zero
+        for n in range(N):
+            hn = e[j, n] * h[n] + dtu * bb[j, n]
+            h[n] = hn
+            acc += cb[j, n] * hn
+        ys[j] = acc + d_skip * ut
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def scan_tokens_forward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, store_ckpt, parts, y, h_last, h_ckpt):
     """Heads of a multi-head scan read and written in token-major layout, each along its own scan order.
@@ -235,12 +267,7 @@ def scan_tokens_forward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, store_
     N = A.shape[1]
     shared_order = order.shape[0] == 1
     for task in numba.prange(nb * K * parts):
-        bi = task // (K * parts)
-        rest = task % (K * parts)
-        ki = rest // parts
-        p = rest % parts
-        c0 = (p * dh) // parts
-        nc = ((p + 1) * dh) // parts - c0
+        bi, ki, c0, nc = _task_slice(task, K, parts, dh)
         ob = 0 if shared_order else bi
         hs = np.zeros((nc, N), dtype=u.dtype)
         e = np.empty((chunk, N), dtype=u.dtype)
@@ -264,24 +291,10 @@ def scan_tokens_forward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, store_
                     db[c, j] = dt[bi, tok, ki, c0 + c]
             for c in range(nc):
                 di = ki * dh + c0 + c
-                h = hs[c]
                 if store_ckpt:
                     for n in range(N):
-                        h_ckpt[bi, di, t0 // chunk, n] = h[n]
-                for j in range(T):
-                    dtj = db[c, j]
-                    for n in range(N):
-                        e[j, n] = fast_exp(dtj * A[di, n])
-                d_skip = Dv[di]
-                for j in range(T):
-                    ut = ub[c, j]
-                    dtu = db[c, j] * ut
-                    acc = dtu * 0
-                    for n in range(N):
-                        hn = e[j, n] * h[n] + dtu * bb[j, n]
-                        h[n] = hn
-                        acc += cb[j, n] * hn
-                    yb[c, j] = acc + d_skip * ut
+                        h_ckpt[bi, di, t0 // chunk, n] = hs[c, n]
+                _channel_block(T, db[c], ub[c], A[di], Dv[di], bb, cb, e, hs[c], yb[c])
             for j in range(T):
                 tok = order[ob, ki, t0 + j]
                 for c in range(nc):
@@ -451,12 +464,7 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
     P = R + 2 * N
     shared_order = order.shape[0] == 1
     for task in numba.prange(nb * K * parts):
-        bi = task // (K * parts)
-        rest = task % (K * parts)
-        ki = rest // parts
-        p = rest % parts
-        c0 = (p * dh) // parts
-        nc = ((p + 1) * dh) // parts - c0
+        bi, ki, c0, nc = _task_slice(task, K, parts, dh)
         ob = 0 if shared_order else bi
         hs = np.zeros((nc, N), dtype=y.dtype)
         e = np.empty((chunk, N), dtype=y.dtype)
@@ -468,7 +476,6 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
         ua = np.empty(dh, dtype=y.dtype)
         xr = np.empty(P, dtype=y.dtype)
         one = np.ones(1, dtype=y.dtype)[0]
-        zero = one - one
         for t0 in range(0, L, chunk):
             T = min(L, t0 + chunk) - t0
             for j in range(T):
@@ -508,23 +515,9 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
                     db[c, j] = s
             for c in range(nc):
                 di = ki * dh + c0 + c
-                h = hs[c]
                 for j in range(T):
                     db[c, j] = fast_softplus(db[c, j])
-                for j in range(T):
-                    dtj = db[c, j]
-                    for n in range(N):
-                        e[j, n] = fast_exp(dtj * A[di, n])
-                d_skip = Dv[di]
-                for j in range(T):
-                    ut = ub[c, j]
-                    dtu = db[c, j] * ut
-                    acc = zero
-                    for n in range(N):
-                        hn = e[j, n] * h[n] + dtu * bb[j, n]
-                        h[n] = hn
-                        acc += cb[j, n] * hn
-                    yb[c, j] = acc + d_skip * ut
+                _channel_block(T, db[c], ub[c], A[di], Dv[di], bb, cb, e, hs[c], yb[c])
             for j in range(T):
                 tok = order[ob, ki, t0 + j]
                 for c in range(nc):
