@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
-from ssmir.ops.linear import TokenLinear, token_linear
+from ssmir.ops.linear import TokenLinear, token_linear_halves
 from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_orders
 
 MERGE_METHODS = ("add", "concate")
@@ -127,11 +127,7 @@ class MultiHeadSelectiveScan(nn.Module):
             raise ValueError(f"MHSSM: inner width {self.d_inner} does not split into scan_count={k} heads")
 
         def project_in(t):  # the x and z halves as separate (B, L, d_inner) tensors
-            weight, bias = self.in_proj.weight, self.in_proj.bias
-            x = token_linear(t, weight[: self.d_inner], None if bias is None else bias[: self.d_inner])
-            if self.cfg.disable_z_branch:
-                return x, None
-            return x, token_linear(t, weight[self.d_inner:], None if bias is None else bias[self.d_inner:])
+            return (self.in_proj(t), None) if self.cfg.disable_z_branch else token_linear_halves(t, self.in_proj)
 
         if self.cfg.use_checkpoint and torch.is_grad_enabled():
             x, z = checkpoint(project_in, tokens, use_reentrant=False)

@@ -3,8 +3,9 @@
 The attention runs through ``torch.nn.functional.scaled_dot_product_attention``, whose CPU and GPU kernels
 fuse the bias, the softmax and both products (6-7x the separate ``bmm``/``add``/``softmax`` passes on a
 2-core CPU). The shifted-window mask is zero inside the image: only the windows of the last window row or
-column see it, so those are attended with bias + mask and all others with the bias alone (a broadcast
-mask, the fast path), which gives the same result as adding the zero mask everywhere.
+column see it, so ``WindowAttention.attend_map`` groups the windows by mask pattern (``window_order``) and
+attends each group with the bias plus at most one (n, n) mask (a broadcast mask, the fast path), which gives
+the same result as adding the mask to every window (``WindowAttention.forward``).
 """
 
 from __future__ import annotations
@@ -122,40 +123,25 @@ class WindowAttention(nn.Module):
         self.proj = TokenLinear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None = None,
-                windows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """``mask`` (nW, n, n): the shifted-window mask; ``windows``: the indices of its all-zero and of its
-        other windows (``masked_windows``); without them every window gets the mask."""
+    def forward(self, qkv: torch.Tensor, rpi: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (nW, n, n): the shifted-window mask, added to every window (the models attend whole maps
+        with ``attend_map``, which adds it to the masked windows only; this is its written-out definition and
+        the exported graph's path)."""
         bw, n, _ = qkv.shape
         if self.dim % self.num_heads:
             raise ValueError(f"window attention: {self.dim} channels do not split into {self.num_heads} heads")
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
-        bias = bias.unsqueeze(0).to(q.dtype)
+        bias = self._position_bias(rpi, q.dtype)
         if exporting():  # the written-out attention: MatMul / Add / Softmax in the exported graph
             logits = (q * self.scale) @ k.transpose(-2, -1) + bias
             if mask is not None:
                 nw = mask.shape[0]
                 logits = (logits.view(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]).flatten(0, 1)
             out = logits.softmax(dim=-1) @ v
-        elif mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         else:
-            nw = mask.shape[0]
-            plain, masked = windows if windows is not None else (mask.new_zeros(0, dtype=torch.long),
-                                                                 torch.arange(nw, device=q.device))
-            q, k, v = (t.view(bw // nw, nw, *t.shape[1:]) for t in (q, k, v))  # (B, nW, heads, n, d)
-            out = torch.empty_like(q)
-            if len(plain):
-                sel = (t[:, plain].flatten(0, 1) for t in (q, k, v))
-                out[:, plain] = F.scaled_dot_product_attention(*sel, attn_mask=bias, scale=self.scale).view(
-                    bw // nw, -1, *q.shape[2:])
-            if len(masked):
-                sel = (t[:, masked].flatten(0, 1) for t in (q, k, v))
-                full = (bias + mask[masked].to(q.dtype).unsqueeze(1)).repeat(bw // nw, 1, 1, 1)
-                out[:, masked] = F.scaled_dot_product_attention(*sel, attn_mask=full, scale=self.scale).view(
-                    bw // nw, -1, *q.shape[2:])
-            out = out.flatten(0, 1)
+            if mask is not None:  # (B*nW, heads, n, n), the windows of each image in order
+                bias = (bias + mask.to(q.dtype).unsqueeze(1)).repeat(bw // mask.shape[0], 1, 1, 1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
     def attend_map(self, x: torch.Tensor, size: tuple[int, int], rpi: torch.Tensor, shift: int,
@@ -202,8 +188,12 @@ class WindowAttention(nn.Module):
         cached = getattr(self, "_bias_cache", None)
         if not grad and cached is not None and cached[0] == key:
             return cached[1]
-        n = rpi.shape[0]
-        bias = table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0).to(dtype).contiguous()
+        bias = self._position_bias(rpi, dtype).contiguous()
         if not grad:
             self._bias_cache = (key, bias)
         return bias
+
+    def _position_bias(self, rpi: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The relative-position bias (1, heads, n, n): the table's rows for every pair of positions."""
+        n = rpi.shape[0]
+        return self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0).to(dtype)

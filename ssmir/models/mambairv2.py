@@ -26,7 +26,7 @@ from ssmir.layers.window_attention import (
 )
 from ssmir.models.registry import register, register_detector
 from ssmir.ops.export_scan import exporting
-from ssmir.ops.linear import TokenLinear, token_linear
+from ssmir.ops.linear import TokenLinear, token_linear_halves
 
 UPSAMPLERS = ("", "pixelshuffle", "pixelshuffledirect", "nearest+conv")
 
@@ -68,11 +68,7 @@ class GatedMLP(nn.Module):
         self.fc2 = TokenLinear(hidden // 2, dim)
 
     def forward(self, x, size):
-        # fc1's two halves as two products, so that each is contiguous (the norm and the gate read them in place)
-        half = self.fc1.out_features // 2
-        weight, bias = self.fc1.weight, self.fc1.bias
-        a = F.gelu(token_linear(x, weight[:half], None if bias is None else bias[:half]))
-        b = F.gelu(token_linear(x, weight[half:], None if bias is None else bias[half:]))
+        a, b = (F.gelu(t) for t in token_linear_halves(x, self.fc1))  # contiguous: the norm reads b in place
         gate = _to_tokens(self.sg.conv(_to_map(self.sg.norm(b), *size)))
         return self.fc2(a * gate)
 

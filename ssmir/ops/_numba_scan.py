@@ -231,6 +231,16 @@ def _task_slice(task, K, parts, dh):
     return bi, ki, c0, ((p + 1) * dh) // parts - c0
 
 
+@numba.njit(inline="always", cache=True)
+def _token_buffers(nc, N, chunk, like):
+    """A token-layout task's buffers, in ``like``'s dtype: the states (nc, N) at zero; blocks of exp(dt A), B and
+    C (chunk, N), time before state; blocks of u, dt and y (nc, chunk)."""
+    return (np.zeros((nc, N), dtype=like.dtype), np.empty((chunk, N), dtype=like.dtype),
+            np.empty((chunk, N), dtype=like.dtype), np.empty((chunk, N), dtype=like.dtype),
+            np.empty((nc, chunk), dtype=like.dtype), np.empty((nc, chunk), dtype=like.dtype),
+            np.empty((nc, chunk), dtype=like.dtype))
+
+
 @numba.njit(inline="always", fastmath=True, cache=True)
 def _channel_block(T, dts, us, a_row, d_skip, bb, cb, e, h, ys):
     """T steps of one channel from its state ``h`` (N,), updated in place: ``e`` (>= T, N) gets exp(dt A), then
@@ -269,13 +279,7 @@ def scan_tokens_forward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, store_
     for task in numba.prange(nb * K * parts):
         bi, ki, c0, nc = _task_slice(task, K, parts, dh)
         ob = 0 if shared_order else bi
-        hs = np.zeros((nc, N), dtype=u.dtype)
-        e = np.empty((chunk, N), dtype=u.dtype)
-        bb = np.empty((chunk, N), dtype=u.dtype)
-        cb = np.empty((chunk, N), dtype=u.dtype)
-        ub = np.empty((nc, chunk), dtype=u.dtype)
-        db = np.empty((nc, chunk), dtype=u.dtype)
-        yb = np.empty((nc, chunk), dtype=u.dtype)
+        hs, e, bb, cb, ub, db, yb = _token_buffers(nc, N, chunk, u)
         for t0 in range(0, L, chunk):
             T = min(L, t0 + chunk) - t0
             for j in range(T):
@@ -466,13 +470,7 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
     for task in numba.prange(nb * K * parts):
         bi, ki, c0, nc = _task_slice(task, K, parts, dh)
         ob = 0 if shared_order else bi
-        hs = np.zeros((nc, N), dtype=y.dtype)
-        e = np.empty((chunk, N), dtype=y.dtype)
-        bb = np.empty((chunk, N), dtype=y.dtype)
-        cb = np.empty((chunk, N), dtype=y.dtype)
-        ub = np.empty((nc, chunk), dtype=y.dtype)
-        db = np.empty((nc, chunk), dtype=y.dtype)
-        yb = np.empty((nc, chunk), dtype=y.dtype)
+        hs, e, bb, cb, ub, db, yb = _token_buffers(nc, N, chunk, y)
         ua = np.empty(dh, dtype=y.dtype)
         xr = np.empty(P, dtype=y.dtype)
         one = np.ones(1, dtype=y.dtype)[0]

@@ -82,3 +82,9 @@ def exporting() -> bool:
     if compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting():
         return True
     return bool(torch.onnx.is_in_onnx_export())
+
+
+def compiling() -> bool:
+    """Whether the current code is being traced by ``torch.compile`` (its fast eager paths step aside)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())

@@ -12,6 +12,7 @@ it is the gather / ``selective_scan`` / scatter composition, which is also the r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor  # noqa: F401 (the custom operators' annotations are resolved at module scope)
 
-from ssmir.ops.export_scan import exporting
+from ssmir.ops.export_scan import compiling, exporting
 from ssmir.ops.linear import token_linear
 from ssmir.ops.selective_scan import (
     _NUMBA_CHUNK,
@@ -199,7 +200,7 @@ _SCAN_OP = _register_ops()
 
 
 def _numba_head_scan(u, dt, A, B, C, C_off, D, orders):
-    if _SCAN_OP is not None and _compiling():
+    if _SCAN_OP is not None and compiling():
         need_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (u, dt, A, B, C, C_off, D))
         return _SCAN_OP(u, dt, A, B, C, C_off, D, orders, need_grad)[0]
@@ -228,22 +229,23 @@ def scan_heads_in_orders(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     name = resolve_backend(u.device, backend)
     if name != "numba":
         return _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend)
-    if _compiling():  # torch.compile traces the operator itself; the instruments below are for eager runs
+    if compiling():  # torch.compile traces the operator itself; the instruments below are for eager runs
         return _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset)
+    with _instruments(nb, K * d, L, A.shape[1]):
+        return _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset)
+
+
+@contextlib.contextmanager
+def _instruments(nb: int, channels: int, L: int, N: int):
+    """An eager compiled scan call as ``count_flops`` (FLOP recorder) and ``timing_scans`` (clock) see it."""
     recorder, clock = FLOP_RECORDER.get(), _SCAN_CLOCK.get()
     if recorder is not None:
-        recorder(scan_flops(nb, K * d, L, A.shape[1]))
+        recorder(scan_flops(nb, channels, L, N))
     t0 = time.perf_counter()
-    y = _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset)
+    yield
     if clock is not None:
         clock.seconds += time.perf_counter() - t0
         clock.calls += 1
-    return y
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _numba_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset):
@@ -302,7 +304,7 @@ def _projected_reference(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D,
 
 def _fusable(u, tensors, backend) -> bool:
     """The fused inference kernel applies: CPU, numba backend, float32/float64, no gradient, not traced."""
-    if u.device.type != "cpu" or exporting() or _compiling() or u.dtype not in (torch.float32, torch.float64):
+    if u.device.type != "cpu" or exporting() or compiling() or u.dtype not in (torch.float32, torch.float64):
         return False
     if any(t is not None and t.dtype != u.dtype for t in tensors):
         return False
@@ -327,20 +329,14 @@ def _projected_numba(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, ord
             xd = token_linear(x[:, :, 0], x_proj_weight.reshape(-1, d)).view(nb, L, K, -1)
         else:
             xd = torch.einsum("blkd,kcd->blkc", x, x_proj_weight)
-    recorder, clock = FLOP_RECORDER.get(), _SCAN_CLOCK.get()
-    if recorder is not None:
-        recorder(scan_flops(nb, K * d, L, N))
-    t0 = time.perf_counter()
     y = u.new_empty(nb, L, K, d)
 
     def arr(t):
         return t.detach().numpy()
 
-    k.scan_tokens_infer(arr(u), silu, arr(xd), parts > 1, arr(x_proj_weight.transpose(1, 2).contiguous()),
-                        arr(dt_projs_weight.contiguous()), arr(dt_projs_bias.reshape(-1).contiguous()),
-                        arr(A.contiguous()), arr(c_offset if c_offset is not None else u), c_offset is not None,
-                        arr(D.contiguous()), orders.numpy(), _NUMBA_CHUNK, parts, y.numpy())
-    if clock is not None:
-        clock.seconds += time.perf_counter() - t0
-        clock.calls += 1
+    with _instruments(nb, K * d, L, N):
+        k.scan_tokens_infer(arr(u), silu, arr(xd), parts > 1, arr(x_proj_weight.transpose(1, 2).contiguous()),
+                            arr(dt_projs_weight.contiguous()), arr(dt_projs_bias.reshape(-1).contiguous()),
+                            arr(A.contiguous()), arr(c_offset if c_offset is not None else u), c_offset is not None,
+                            arr(D.contiguous()), orders.numpy(), _NUMBA_CHUNK, parts, y.numpy())
     return y

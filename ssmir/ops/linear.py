@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmir.ops.export_scan import exporting
+from ssmir.ops.export_scan import compiling, exporting
 
 MIN_ROWS = 4096  # below this the GEMM's lower overhead wins
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,12 +25,21 @@ def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     c_in = x.shape[-1]
     rows = x.numel() // max(c_in, 1)
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or rows < MIN_ROWS
-            or x.stride(-1) != 1 or exporting() or _compiling()):
+            or x.stride(-1) != 1 or exporting() or compiling()):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, c_in)  # a view for the layouts the models pass (contiguous rows, or halves of rows)
     maps = flat.unsqueeze(0).unsqueeze(0).permute(0, 3, 1, 2)  # (1, C_in, 1, rows), channels-last strides
     y = F.conv2d(maps, weight[:, :, None, None], bias)  # channels-last out: (1, C_out, 1, rows)
     return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def token_linear_halves(x: torch.Tensor, layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of ``layer(x)``'s output features as two products, each a contiguous tensor (where
+    ``layer(x).chunk(2, -1)`` gives strided views that norms and gates would copy)."""
+    half = layer.out_features // 2
+    weight, bias = layer.weight, layer.bias
+    return (token_linear(x, weight[:half], None if bias is None else bias[:half]),
+            token_linear(x, weight[half:], None if bias is None else bias[half:]))
 
 
 class TokenLinear(nn.Linear):

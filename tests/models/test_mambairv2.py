@@ -156,7 +156,7 @@ def test_non_default_official_options_build_run_and_are_detected(option, missing
 
 @pytest.mark.parametrize("shifted", [False, True])
 def test_window_attention_equals_the_explicit_formula(shifted):
-    # scaled_dot_product_attention with the bias (and, on the masked windows only, bias + mask) against
+    # scaled_dot_product_attention with the bias (and bias + mask on every window when shifted) against
     # softmax(q k^T * scale + bias + mask) v written out, values and gradients
     from ssmir.layers.window_attention import (
         WindowAttention,
@@ -173,7 +173,7 @@ def test_window_attention_equals_the_explicit_formula(shifted):
     rpi = relative_position_index(ws)
     mask = shifted_window_mask(h, w, ws).double() if shifted else None
     windows = masked_windows(h, w, ws) if shifted else None
-    out = attn(qkv, rpi, mask, windows)
+    out = attn(qkv, rpi, mask)
 
     q, k, v = qkv.view(b * nw, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
