@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,8 +47,55 @@ class Upsample(nn.Sequential):
         self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=False), PixelShuffle(2))
 
 
+@functools.lru_cache(maxsize=8)
+def _subpixel_taps(r: int) -> torch.Tensor:
+    """For a 3x3 conv on a ``pixel_shuffle(., r)`` map: index (r, r, r, r, 3, 3) into the conv's 9 taps (9: no
+    tap) for output phase (a, b), input phase (a', b') and low-resolution offset (ky - 1, kx - 1). Output pixel
+    (r i + a, r j + b) reads high-resolution rows r i + a + dy, dy in {-1, 0, 1}, which lie in low-resolution
+    rows i - 1, i, i + 1 (r >= 2): row offset ky - 1 and phase a' with r (ky - 1) + a' - a = dy."""
+    taps = torch.full((r, r, r, r, 3, 3), 9, dtype=torch.long)
+    for a in range(r):
+        for a2 in range(r):
+            for ky in range(3):
+                dy = r * (ky - 1) + a2 - a
+                if abs(dy) > 1:
+                    continue
+                for b in range(r):
+                    for b2 in range(r):
+                        for kx in range(3):
+                            dx = r * (kx - 1) + b2 - b
+                            if abs(dx) <= 1:
+                                taps[a, b, a2, b2, ky, kx] = (dy + 1) * 3 + dx + 1
+    return taps
+
+
+def subpixel_conv_weights(conv: nn.Conv2d, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weights of the 3x3 conv on the low-resolution grid that equals ``conv`` applied after ``pixel_shuffle(.,
+    r)``: ``conv(pixel_shuffle(x, r)) == pixel_shuffle(F.conv2d(x, w, b, padding=1), r)`` for a 3x3, stride-1,
+    zero-padded ``conv`` (the zero padding of the large map is the zero padding of the small one). (O r^2,
+    C r^2, 3, 3) from (O, C, 3, 3); differentiable in the conv's parameters."""
+    weight = conv.weight
+    o, c = weight.shape[:2]
+    taps = torch.cat([weight.flatten(2), weight.new_zeros(o, c, 1)], dim=2)  # (O, C, 10): tap 9 is zero
+    folded = taps[:, :, _subpixel_taps(r).to(weight.device)]  # (O, C, a, b, a', b', ky, kx)
+    folded = folded.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * r * r, c * r * r, 3, 3)
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(r * r)
+    return folded, bias
+
+
+def _plain_3x3(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
 class PixelShuffleUpscale(nn.Sequential):
-    """Sub-pixel upscaler for scale 2**n (n conv+shuffle(2) stages) or 3 (one conv+shuffle(3))."""
+    """Sub-pixel upscaler for scale 2**n (n conv+shuffle(2) stages) or 3 (one conv+shuffle(3)).
+
+    ``then_conv(x, conv)`` is ``conv(self(x))``; in inference it runs ``conv`` before the last shuffle, on the
+    low-resolution grid (``subpixel_conv_weights``), so that the large C-channel map after the last shuffle is
+    never written (EAMambaSR x4 at 128x128: a 64 MB map; the same values to float rounding).
+    """
 
     def __init__(self, scale: int, dim: int):
         layers: list[nn.Module] = []
@@ -59,3 +107,14 @@ class PixelShuffleUpscale(nn.Sequential):
         else:
             raise ValueError(f"upscale {scale} is not supported; use a power of 2 or 3")
         super().__init__(*layers)
+
+    def then_conv(self, x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+        last = self[-1]
+        if (torch.is_grad_enabled() or exporting() or len(self) < 2 or not isinstance(last, nn.PixelShuffle)
+                or not _plain_3x3(conv)):
+            return conv(self(x))
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        r = last.upscale_factor
+        weight, bias = subpixel_conv_weights(conv, r)
+        return pixel_shuffle(F.conv2d(x, weight, bias, padding=1), r)

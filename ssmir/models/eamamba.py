@@ -208,4 +208,4 @@ class EAMambaSR(nn.Module):
         for layer in self.layers:
             feats = layer(feats)
         x = self.conv_after_body(self.norm(feats)) + x
-        return self.conv_last(self.upsample(self.conv_before_upsample(x)))
+        return self.upsample.then_conv(self.conv_before_upsample(x), self.conv_last)

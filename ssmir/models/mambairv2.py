@@ -183,7 +183,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if model.upsampler == "pixelshuffle":
         x = model.conv_first(x)
         x = model._deep_features(x) + x
-        return model.conv_last(model.upsample(model.conv_before_upsample(x)))
+        return model.upsample.then_conv(model.conv_before_upsample(x), model.conv_last)
     if model.upsampler == "pixelshuffledirect":
         x = model.conv_first(x)
         return model.upsample(model._deep_features(x) + x)

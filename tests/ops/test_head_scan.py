@@ -98,6 +98,7 @@ def test_bad_shapes_raise_clear_errors():
     dict(nb=1, L=150, K=8, d=4, N=5, R=2, act="silu"),  # EAMamba: heads split the channels, projections in the kernel
     dict(nb=2, L=90, K=1, d=6, N=4, R=1, per_batch=True, offset=True),  # MambaIRv2: per-image order and prompts
     dict(nb=1, L=70, K=4, d=3, N=2, R=1, expand=True, act="silu"),  # VMamba's four-way scan: shared input
+    dict(nb=1, L=80, K=2, d=3, N=10, R=2, act="silu"),  # EAMambaSR's N = 10: states padded to 16 lanes
 ])
 @pytest.mark.parametrize("parts", [1, 3])  # whole heads per task (projections in the kernel), or channel slices
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

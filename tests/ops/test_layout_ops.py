@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssmir.layers.resample import PixelShuffle, pixel_shuffle
+from ssmir.layers.resample import PixelShuffle, PixelShuffleUpscale, pixel_shuffle, subpixel_conv_weights
 from ssmir.ops import linear as token_linear_module
 from ssmir.ops.linear import TokenLinear, token_linear
 
@@ -52,3 +52,38 @@ def test_pixel_shuffle_equals_aten(r, channels_last):
     assert torch.equal(got, F.pixel_shuffle(x, r))
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.equal(PixelShuffle(r)(x), got)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+@pytest.mark.parametrize("bias", [True, False])
+def test_subpixel_conv_equals_conv_after_shuffle(r, bias):
+    """The folded conv on the small grid is the conv on the shuffled map, borders included (float64), and its
+    weights carry the gradient back to the conv's own."""
+    torch.manual_seed(r)
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1, bias=bias).double()
+    x = torch.randn(2, 3 * r * r, 5, 4, dtype=torch.float64)
+    weight, b = subpixel_conv_weights(conv, r)
+    got = F.pixel_shuffle(F.conv2d(x, weight, b, padding=1), r)
+    want = conv(F.pixel_shuffle(x, r))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    got.square().sum().backward()
+    g_fold = conv.weight.grad.clone()
+    conv.zero_grad()
+    want.square().sum().backward()
+    torch.testing.assert_close(g_fold, conv.weight.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_upscale_then_conv(scale):
+    """``then_conv`` in inference (folded, channels-last) gives ``conv(upscale(x))``; with gradients it is that."""
+    torch.manual_seed(scale)
+    up, conv = PixelShuffleUpscale(scale, 8), torch.nn.Conv2d(8, 3, 3, padding=1)
+    x = torch.randn(1, 8, 9, 7).contiguous(memory_format=torch.channels_last)
+    want = conv(up(x))
+    with torch.no_grad():
+        got = up.then_conv(x, conv)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(up.then_conv(x, conv), want)  # grad mode: the plain path
+    other = torch.nn.Conv2d(8, 3, 5, padding=2)  # not a 3x3 conv: the plain path in inference too
+    with torch.no_grad():
+        assert torch.equal(up.then_conv(x, other), other(up(x)))
