@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ssmir.ops.export_scan import exporting
+from ssmir.ops.export_scan import compiling, exporting
 from ssmir.ops.linear import TokenLinear
+from ssmir.ops.selective_scan import _numba_kernels, _set_numba_threads, numba_available
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -112,6 +114,24 @@ def window_order(b: int, h: int, w: int, ws: int, shift: int) -> tuple[torch.Ten
     return index, torch.argsort(index), tuple(b * len(sel) for sel in sels), masks
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)`` for windows (W, heads, n, d) and a
+    bias (1, heads, n, n); in float32 inference on CPU with n and d multiples of 4, the numba kernel
+    ``ssmir.ops._numba_scan.window_attention`` (MambaIRv2-Light's 12-channel heads: 16 ms against 21 ms for SDPA
+    per 64 windows of 256 tokens, docs/benchmarks.md). Its result is a (W, heads, n, d) view of a (W, n, heads,
+    d) tensor, as SDPA's CPU kernel returns."""
+    w, heads, n, d = q.shape
+    if (torch.is_grad_enabled() or q.device.type != "cpu" or q.dtype != torch.float32 or n % 4 or d % 4
+            or exporting() or compiling() or not numba_available() or bias.shape != (1, heads, n, n)
+            or any(t.dtype != torch.float32 for t in (k, v, bias))):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    _set_numba_threads()
+    out = q.new_empty(w, n, heads, d).transpose(1, 2)
+    _numba_kernels().window_attention(q.numpy(), k.numpy(), v.numpy(), bias.contiguous().numpy(),
+                                      np.float32(scale), out.numpy())
+    return out
+
+
 class WindowAttention(nn.Module):
     """Multi-head attention inside windows from precomputed q, k, v: (nW*B, n, 3C) -> (nW*B, n, C)."""
 
@@ -171,8 +191,7 @@ class WindowAttention(nn.Module):
             if count:
                 part = slice(start, start + count)
                 full = bias if mask is None else bias + mask.to(q.device, q.dtype)
-                outs.append(F.scaled_dot_product_attention(q[part], k[part], v[part], attn_mask=full,
-                                                           scale=self.scale))
+                outs.append(attention(q[part], k[part], v[part], full, self.scale))
             start += count
         # (windows, n, heads, d): a view of the attention kernel's output, whose memory is in this order
         out = torch.cat([o.transpose(1, 2) for o in outs]) if len(outs) > 1 else outs[0].transpose(1, 2)

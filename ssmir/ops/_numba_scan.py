@@ -529,3 +529,71 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
                 tok = order[ob, ki, t0 + j]
                 for c in range(nc):
                     y[bi, tok, ki, c0 + c] = yb[c, j]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def window_attention(q, k, v, bias, scale, out):
+    """softmax(q kᵀ scale + bias) v per (window, head): q, k, v, out (W, heads, n, d), any strides; bias
+    (1, heads, n, n). Needs n % 4 == 0 and d % 4 == 0. A task holds one window and head, with kᵀ and vᵀ copied
+    to (d, n) buffers; four query rows go through each pass over the keys (their scores in a (4, n) buffer:
+    the bias and the first channel in one pass, one pass per further channel, max, exp and sum per row, then
+    the output channels four at a time, normalised at the end)."""
+    nw, nh, n, d = q.shape
+    for task in numba.prange(nw * nh):
+        wi = task // nh
+        hi = task % nh
+        kT = np.empty((d, n), dtype=out.dtype)
+        vT = np.empty((d, n), dtype=out.dtype)
+        for j in range(n):
+            for c in range(d):
+                kT[c, j] = k[wi, hi, j, c]
+                vT[c, j] = v[wi, hi, j, c]
+        s = np.empty((4, n), dtype=out.dtype)
+        one = np.ones(1, dtype=out.dtype)[0]
+        for i0 in range(0, n, 4):
+            q0 = q[wi, hi, i0, 0] * scale
+            q1 = q[wi, hi, i0 + 1, 0] * scale
+            q2 = q[wi, hi, i0 + 2, 0] * scale
+            q3 = q[wi, hi, i0 + 3, 0] * scale
+            for j in range(n):
+                kv = kT[0, j]
+                s[0, j] = bias[0, hi, i0, j] + q0 * kv
+                s[1, j] = bias[0, hi, i0 + 1, j] + q1 * kv
+                s[2, j] = bias[0, hi, i0 + 2, j] + q2 * kv
+                s[3, j] = bias[0, hi, i0 + 3, j] + q3 * kv
+            for c in range(1, d):
+                q0 = q[wi, hi, i0, c] * scale
+                q1 = q[wi, hi, i0 + 1, c] * scale
+                q2 = q[wi, hi, i0 + 2, c] * scale
+                q3 = q[wi, hi, i0 + 3, c] * scale
+                for j in range(n):
+                    kv = kT[c, j]
+                    s[0, j] += q0 * kv
+                    s[1, j] += q1 * kv
+                    s[2, j] += q2 * kv
+                    s[3, j] += q3 * kv
+            for r in range(4):
+                m = s[r, 0]
+                for j in range(n):
+                    m = max(m, s[r, j])
+                total = one - one
+                for j in range(n):
+                    p = fast_exp(s[r, j] - m)
+                    s[r, j] = p
+                    total += p
+                inv = one / total
+                for c in range(0, d, 4):
+                    a0 = one - one
+                    a1 = one - one
+                    a2 = one - one
+                    a3 = one - one
+                    for j in range(n):
+                        pj = s[r, j]
+                        a0 += pj * vT[c, j]
+                        a1 += pj * vT[c + 1, j]
+                        a2 += pj * vT[c + 2, j]
+                        a3 += pj * vT[c + 3, j]
+                    out[wi, hi, i0 + r, c] = a0 * inv
+                    out[wi, hi, i0 + r, c + 1] = a1 * inv
+                    out[wi, hi, i0 + r, c + 2] = a2 * inv
+                    out[wi, hi, i0 + r, c + 3] = a3 * inv

@@ -242,3 +242,30 @@ def test_cached_position_bias_follows_the_table():
         fresh.load_state_dict(attn.state_dict())
         assert not torch.allclose(before, after)
         torch.testing.assert_close(after, fresh.attend_map(qkv, (8, 8), rpi, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 64, 12), (3, 2, 16, 8), (2, 3, 12, 4)])
+def test_numba_window_attention_equals_sdpa(shape):
+    """The numba window-attention kernel (float32 inference on CPU) against PyTorch's attention, with a bias per
+    head, strided q/k/v views as attend_map passes them, and a masked bias; other cases take SDPA itself."""
+    import torch.nn.functional as F
+
+    from ssmir.layers.window_attention import attention
+    from ssmir.ops.selective_scan import numba_available
+
+    if not numba_available():
+        pytest.skip("numba is not installed")
+    torch.manual_seed(0)
+    w, heads, n, d = shape
+    qkv = torch.randn(w, n, 3 * heads * d)  # the layout attend_map's q, k and v are views of
+    q, k, v = qkv.view(w, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+    bias = torch.randn(1, heads, n, n)
+    bias[..., : n // 3] -= 100.0  # a masked block, as the shifted windows' mask makes
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5)
+    with torch.no_grad():
+        got = attention(q, k, v, bias, d**-0.5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.transpose(1, 2).is_contiguous()  # (W, n, heads, d) memory, as attend_map reads it
+    q64, k64, v64, b64 = (t.double() for t in (q, k, v, bias))  # float64 and gradient mode: SDPA
+    assert torch.equal(attention(q64, k64, v64, b64, 0.5), F.scaled_dot_product_attention(q64, k64, v64,
+                                                                                           attn_mask=b64, scale=0.5))
