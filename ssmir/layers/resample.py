@@ -109,12 +109,10 @@ class PixelShuffleUpscale(nn.Sequential):
         super().__init__(*layers)
 
     def then_conv(self, x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-        last = self[-1]
-        if (torch.is_grad_enabled() or exporting() or len(self) < 2 or not isinstance(last, nn.PixelShuffle)
-                or not _plain_3x3(conv)):
+        if torch.is_grad_enabled() or exporting() or not _plain_3x3(conv):
             return conv(self(x))
-        for layer in list(self)[:-1]:
+        for layer in list(self)[:-1]:  # every stage is conv + shuffle (__init__): all but the last shuffle
             x = layer(x)
-        r = last.upscale_factor
+        r = self[-1].upscale_factor
         weight, bias = subpixel_conv_weights(conv, r)
         return pixel_shuffle(F.conv2d(x, weight, bias, padding=1), r)

@@ -1,11 +1,13 @@
 """Swin-style (shifted) window self-attention with a relative position bias, as MambaIRv2 uses it.
 
 The attention runs through ``torch.nn.functional.scaled_dot_product_attention``, whose CPU and GPU kernels
-fuse the bias, the softmax and both products (6-7x the separate ``bmm``/``add``/``softmax`` passes on a
-2-core CPU). The shifted-window mask is zero inside the image: only the windows of the last window row or
-column see it, so ``WindowAttention.attend_map`` groups the windows by mask pattern (``window_order``) and
-attends each group with the bias plus at most one (n, n) mask (a broadcast mask, the fast path), which gives
-the same result as adding the mask to every window (``WindowAttention.forward``).
+fuse the bias, the softmax and both products (6-7x the separate ``bmm``/``add``/``softmax`` passes on a 2-core
+CPU), except in float32 inference on CPU, where ``attention`` calls a numba kernel that is faster still for
+MambaIRv2's thin heads (``ssmir.ops._numba_scan.window_attention``). The shifted-window mask is zero inside
+the image: only the windows of the last window row or column see it, so ``WindowAttention.attend_map`` groups
+the windows by mask pattern (``window_order``) and attends each group with the bias plus at most one (n, n)
+mask (a broadcast mask, the fast path), which gives the same result as adding the mask to every window
+(``WindowAttention.forward``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ The forward pass (``scan_forward``) stores the state at the start of every ``chu
 ``exp(dt * A)`` from its stored state into small buffers and runs the adjoint recurrence through it, so the
 memory kept between the two passes is ``(B, D, L / chunk, N)``.
 
+``window_attention`` (MambaIRv2's window attention in inference) is here too, for the same vectorising ``exp``.
+
 Array layouts (C-contiguous, one float dtype, float32 or float64):
     u, dt, y, dy: (B, D, L)      A: (D, N)      D: (D,)      B, C: (B, G, N, L)
 B and C are copied a block of steps at a time into small (steps, N) buffers, time before state, so that the
