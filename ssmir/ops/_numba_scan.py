@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -243,25 +244,125 @@ def _token_buffers(nc, N, chunk, like):
             np.empty((nc, chunk), dtype=like.dtype))
 
 
-@numba.njit(inline="always", fastmath=True, cache=True)
-def _channel_block(T, dts, us, a_row, d_skip, bb, cb, e, h, ys):
-    """T steps of one channel from its state ``h`` (N,), updated in place: ``e`` (>= T, N) gets exp(dt A), then
-    h = e h + dt u B and ys = C . h + D u, with the block's B and C in ``bb``/``cb`` (time before state)."""
-    N = h.shape[0]
-    for j in range(T):
-        dtj = dts[j]
-        for n in range(N):
-            e[j, n] = fast_exp(dtj * a_row[n])
+_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+_V8 = ir.VectorType(_F32, 8)
+_FAST = ("fast",)
+
+
+def _f32_c_array(a, ndim: int) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == ndim and a.layout == "C"
+
+
+def _lanes_sum(builder, v):
+    """The sum of the 8 lanes of a <8 x float>, as halves added (4, 2, 1 lanes)."""
+    for width in (4, 2, 1):
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+        v = builder.fadd(lo, hi, flags=_FAST)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _vector_recurrence(groups: int):
+    """An intrinsic running the recurrence of ``_recurrence`` with the state in ``groups`` SIMD registers of 8
+    float32 lanes (N = 8 * groups), written as LLVM vector code: LLVM does not vectorise the loop over the states
+    itself (the state lives in memory from step to step, and the C . h sum is a horizontal reduction)."""
+
+    @intrinsic
+    def recurrence(typingctx, T, e, bb, cb, dts, us, d_skip, h, ys):
+        if not (all(_f32_c_array(a, 2) for a in (e, bb, cb)) and all(_f32_c_array(a, 1) for a in (dts, us, h, ys))
+                and d_skip == types.float32 and isinstance(T, types.Integer)):
+            return None
+        sig = types.void(T, e, bb, cb, dts, us, d_skip, h, ys)
+
+        def codegen(context, builder, signature, args):
+            arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in (1, 2, 3, 4, 5, 7, 8)]
+            e_a, b_a, c_a, dt_a, u_a, h_a, y_a = arrays
+            rows = [builder.udiv(cgutils.unpack_tuple(builder, a.strides, 2)[0], ir.Constant(_I64, 4))
+                    for a in (e_a, b_a, c_a)]  # row strides in elements
+
+            def vec_at(arr, offset):
+                return builder.bitcast(builder.gep(arr.data, [offset]), _V8.as_pointer())
+
+            state = []
+            for g in range(groups):
+                slot = cgutils.alloca_once(builder, _V8)  # promoted to a register by LLVM
+                builder.store(builder.load(vec_at(h_a, ir.Constant(_I64, 8 * g)), align=4), slot)
+                state.append(slot)
+            steps = context.cast(builder, args[0], signature.args[0], types.int64)
+            d_skip = args[6]
+            with cgutils.for_range(builder, steps) as loop:
+                j = loop.index
+                ut = builder.load(builder.gep(u_a.data, [j]))
+                dtu = builder.fmul(builder.load(builder.gep(dt_a.data, [j])), ut, flags=_FAST)
+                dtu = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8, ir.Undefined), dtu,
+                                                                    ir.Constant(_I32, 0)),
+                                             ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+                acc = None
+                for g in range(groups):
+                    ev, bv, cv = (builder.load(vec_at(a, builder.add(builder.mul(j, row), ir.Constant(_I64, 8 * g))),
+                                               align=4) for a, row in zip((e_a, b_a, c_a), rows))
+                    hn = builder.fadd(builder.fmul(ev, builder.load(state[g]), flags=_FAST),
+                                      builder.fmul(dtu, bv, flags=_FAST), flags=_FAST)
+                    builder.store(hn, state[g])
+                    prod = builder.fmul(cv, hn, flags=_FAST)
+                    acc = prod if acc is None else builder.fadd(acc, prod, flags=_FAST)
+                yj = builder.fadd(_lanes_sum(builder, acc), builder.fmul(d_skip, ut, flags=_FAST), flags=_FAST)
+                builder.store(yj, builder.gep(y_a.data, [j]))
+            for g in range(groups):
+                builder.store(builder.load(state[g]), vec_at(h_a, ir.Constant(_I64, 8 * g)), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return recurrence
+
+
+_recurrence_8 = _vector_recurrence(1)
+_recurrence_16 = _vector_recurrence(2)
+
+
+def _recurrence(T, e, bb, cb, dts, us, d_skip, h, ys):
+    """T steps h = e[j] h + dts[j] us[j] bb[j], ys[j] = cb[j] . h + d_skip us[j], h (N,) updated in place."""
     zero = d_skip - d_skip
     for j in range(T):
         ut = us[j]
         dtu = dts[j] * ut
         acc = zero
-        for n in range(N):
+        for n in range(h.shape[0]):
             hn = e[j, n] * h[n] + dtu * bb[j, n]
             h[n] = hn
             acc += cb[j, n] * hn
         ys[j] = acc + d_skip * ut
+
+
+@overload(_recurrence, inline="always", fastmath=True)
+def _recurrence_overload(T, e, bb, cb, dts, us, d_skip, h, ys):
+    if all(_f32_c_array(a, 2) for a in (e, bb, cb)) and all(_f32_c_array(a, 1) for a in (dts, us, h, ys)):
+        def vectorised(T, e, bb, cb, dts, us, d_skip, h, ys):  # float32: 8 or 16 states in SIMD registers
+            if h.shape[0] == 8:
+                _recurrence_8(T, e, bb, cb, dts, us, d_skip, h, ys)
+            elif h.shape[0] == 16:
+                _recurrence_16(T, e, bb, cb, dts, us, d_skip, h, ys)
+            else:
+                _recurrence_loop(T, e, bb, cb, dts, us, d_skip, h, ys)
+        return vectorised
+    return lambda T, e, bb, cb, dts, us, d_skip, h, ys: _recurrence_loop(T, e, bb, cb, dts, us, d_skip, h, ys)
+
+
+_recurrence_loop = numba.njit(inline="always", fastmath=True, cache=True)(_recurrence)
+
+
+@numba.njit(inline="always", fastmath=True, cache=True)
+def _channel_block(T, dts, us, a_row, d_skip, bb, cb, e, h, ys):
+    """T steps of one channel from its state ``h`` (N,), updated in place: ``e`` (>= T, N) gets exp(dt A), then
+    h = e h + dt u B and ys = C . h + D u, with the block's B and C in ``bb``/``cb`` (time before state); in
+    float32 with N = 8 or 16 the recurrence runs with the state in SIMD registers (``_vector_recurrence``)."""
+    N = h.shape[0]
+    for j in range(T):
+        dtj = dts[j]
+        for n in range(N):
+            e[j, n] = fast_exp(dtj * a_row[n])
+    _recurrence(T, e, bb, cb, dts, us, d_skip, h, ys)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -533,13 +634,72 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
                     y[bi, tok, ki, c0 + c] = yb[c, j]
 
 
+@intrinsic
+def _max_f32(typingctx, x):
+    """The largest element of a float32 C-contiguous vector whose length is a multiple of 8, in SIMD lanes (LLVM
+    does not vectorise a max reduction written as a loop)."""
+    if not _f32_c_array(x, 1):
+        return None
+    sig = types.float32(x)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        n = cgutils.unpack_tuple(builder, arr.shape, 1)[0]
+        best = cgutils.alloca_once(builder, _V8)
+
+        def chunk(i):
+            return builder.load(builder.bitcast(builder.gep(arr.data, [builder.mul(i, ir.Constant(_I64, 8))]),
+                                                _V8.as_pointer()), align=4)
+
+        builder.store(chunk(ir.Constant(_I64, 0)), best)
+        with cgutils.for_range(builder, builder.udiv(n, ir.Constant(_I64, 8))) as loop:
+            v, b = chunk(loop.index), builder.load(best)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, b, flags=_FAST), v, b), best)
+        v = builder.load(best)
+        for width in (4, 2, 1):
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+            v = builder.select(builder.fcmp_ordered(">", lo, hi, flags=_FAST), lo, hi)
+        return builder.extract_element(v, ir.Constant(_I32, 0))
+
+    return sig, codegen
+
+
+def _row_max(x):
+    """max(x) for a 1-D array."""
+    m = x[0]
+    for j in range(x.shape[0]):
+        m = max(m, x[j])
+    return m
+
+
+@overload(_row_max, inline="always")
+def _row_max_overload(x):
+    if _f32_c_array(x, 1):
+        def vectorised(x):
+            if x.shape[0] % 8 == 0:
+                return _max_f32(x)
+            m = x[0]
+            for j in range(x.shape[0]):
+                m = max(m, x[j])
+            return m
+        return vectorised
+
+    def loop(x):
+        m = x[0]
+        for j in range(x.shape[0]):
+            m = max(m, x[j])
+        return m
+    return loop
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def window_attention(q, k, v, bias, scale, out):
     """softmax(q kᵀ scale + bias) v per (window, head): q, k, v, out (W, heads, n, d), any strides; bias
     (1, heads, n, n). Needs n % 4 == 0 and d % 4 == 0. A task holds one window and head, with kᵀ and vᵀ copied
-    to (d, n) buffers; four query rows go through each pass over the keys (their scores in a (4, n) buffer:
-    the bias and the first channel in one pass, one pass per further channel, max, exp and sum per row, then
-    the output channels four at a time, normalised at the end)."""
+    to (d, n) buffers. Four query rows are computed together, their scores in a (4, n) buffer: q·kᵀ four
+    channels per pass over the keys (the bias in the first pass), the row maximum in SIMD lanes (``_row_max``),
+    exp and sum, then all four rows against four value channels per pass (16 sums), normalised at the end."""
     nw, nh, n, d = q.shape
     for task in numba.prange(nw * nh):
         wi = task // nh
@@ -551,51 +711,64 @@ def window_attention(q, k, v, bias, scale, out):
                 kT[c, j] = k[wi, hi, j, c]
                 vT[c, j] = v[wi, hi, j, c]
         s = np.empty((4, n), dtype=out.dtype)
-        one = np.ones(1, dtype=out.dtype)[0]
+        qs = np.empty((4, d), dtype=out.dtype)
+        inv = np.empty(4, dtype=out.dtype)
+        zero = scale - scale
         for i0 in range(0, n, 4):
-            q0 = q[wi, hi, i0, 0] * scale
-            q1 = q[wi, hi, i0 + 1, 0] * scale
-            q2 = q[wi, hi, i0 + 2, 0] * scale
-            q3 = q[wi, hi, i0 + 3, 0] * scale
-            for j in range(n):
-                kv = kT[0, j]
-                s[0, j] = bias[0, hi, i0, j] + q0 * kv
-                s[1, j] = bias[0, hi, i0 + 1, j] + q1 * kv
-                s[2, j] = bias[0, hi, i0 + 2, j] + q2 * kv
-                s[3, j] = bias[0, hi, i0 + 3, j] + q3 * kv
-            for c in range(1, d):
-                q0 = q[wi, hi, i0, c] * scale
-                q1 = q[wi, hi, i0 + 1, c] * scale
-                q2 = q[wi, hi, i0 + 2, c] * scale
-                q3 = q[wi, hi, i0 + 3, c] * scale
-                for j in range(n):
-                    kv = kT[c, j]
-                    s[0, j] += q0 * kv
-                    s[1, j] += q1 * kv
-                    s[2, j] += q2 * kv
-                    s[3, j] += q3 * kv
             for r in range(4):
-                m = s[r, 0]
-                for j in range(n):
-                    m = max(m, s[r, j])
-                total = one - one
+                for c in range(d):
+                    qs[r, c] = q[wi, hi, i0 + r, c] * scale
+            for c in range(0, d, 4):
+                a0, a1, a2, a3 = qs[0, c], qs[0, c + 1], qs[0, c + 2], qs[0, c + 3]
+                b0, b1, b2, b3 = qs[1, c], qs[1, c + 1], qs[1, c + 2], qs[1, c + 3]
+                e0, e1, e2, e3 = qs[2, c], qs[2, c + 1], qs[2, c + 2], qs[2, c + 3]
+                f0, f1, f2, f3 = qs[3, c], qs[3, c + 1], qs[3, c + 2], qs[3, c + 3]
+                if c == 0:
+                    for j in range(n):
+                        k0, k1, k2, k3 = kT[0, j], kT[1, j], kT[2, j], kT[3, j]
+                        s[0, j] = bias[0, hi, i0, j] + a0 * k0 + a1 * k1 + a2 * k2 + a3 * k3
+                        s[1, j] = bias[0, hi, i0 + 1, j] + b0 * k0 + b1 * k1 + b2 * k2 + b3 * k3
+                        s[2, j] = bias[0, hi, i0 + 2, j] + e0 * k0 + e1 * k1 + e2 * k2 + e3 * k3
+                        s[3, j] = bias[0, hi, i0 + 3, j] + f0 * k0 + f1 * k1 + f2 * k2 + f3 * k3
+                else:
+                    for j in range(n):
+                        k0, k1, k2, k3 = kT[c, j], kT[c + 1, j], kT[c + 2, j], kT[c + 3, j]
+                        s[0, j] += a0 * k0 + a1 * k1 + a2 * k2 + a3 * k3
+                        s[1, j] += b0 * k0 + b1 * k1 + b2 * k2 + b3 * k3
+                        s[2, j] += e0 * k0 + e1 * k1 + e2 * k2 + e3 * k3
+                        s[3, j] += f0 * k0 + f1 * k1 + f2 * k2 + f3 * k3
+            for r in range(4):
+                m = _row_max(s[r])
+                total = zero
                 for j in range(n):
                     p = fast_exp(s[r, j] - m)
                     s[r, j] = p
                     total += p
-                inv = one / total
-                for c in range(0, d, 4):
-                    a0 = one - one
-                    a1 = one - one
-                    a2 = one - one
-                    a3 = one - one
-                    for j in range(n):
-                        pj = s[r, j]
-                        a0 += pj * vT[c, j]
-                        a1 += pj * vT[c + 1, j]
-                        a2 += pj * vT[c + 2, j]
-                        a3 += pj * vT[c + 3, j]
-                    out[wi, hi, i0 + r, c] = a0 * inv
-                    out[wi, hi, i0 + r, c + 1] = a1 * inv
-                    out[wi, hi, i0 + r, c + 2] = a2 * inv
-                    out[wi, hi, i0 + r, c + 3] = a3 * inv
+                inv[r] = (scale / scale) / total
+            for c in range(0, d, 4):
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = e0 = e1 = e2 = e3 = f0 = f1 = f2 = f3 = zero
+                for j in range(n):
+                    v0, v1, v2, v3 = vT[c, j], vT[c + 1, j], vT[c + 2, j], vT[c + 3, j]
+                    p0, p1, p2, p3 = s[0, j], s[1, j], s[2, j], s[3, j]
+                    a0 += p0 * v0
+                    a1 += p0 * v1
+                    a2 += p0 * v2
+                    a3 += p0 * v3
+                    b0 += p1 * v0
+                    b1 += p1 * v1
+                    b2 += p1 * v2
+                    b3 += p1 * v3
+                    e0 += p2 * v0
+                    e1 += p2 * v1
+                    e2 += p2 * v2
+                    e3 += p2 * v3
+                    f0 += p3 * v0
+                    f1 += p3 * v1
+                    f2 += p3 * v2
+                    f3 += p3 * v3
+                for r, (o0, o1, o2, o3) in enumerate(((a0, a1, a2, a3), (b0, b1, b2, b3), (e0, e1, e2, e3),
+                                                      (f0, f1, f2, f3))):
+                    out[wi, hi, i0 + r, c] = o0 * inv[r]
+                    out[wi, hi, i0 + r, c + 1] = o1 * inv[r]
+                    out[wi, hi, i0 + r, c + 2] = o2 * inv[r]
+                    out[wi, hi, i0 + r, c + 3] = o3 * inv[r]

@@ -99,6 +99,7 @@ def test_bad_shapes_raise_clear_errors():
     dict(nb=2, L=90, K=1, d=6, N=4, R=1, per_batch=True, offset=True),  # MambaIRv2: per-image order and prompts
     dict(nb=1, L=70, K=4, d=3, N=2, R=1, expand=True, act="silu"),  # VMamba's four-way scan: shared input
     dict(nb=1, L=80, K=2, d=3, N=10, R=2, act="silu"),  # EAMambaSR's N = 10: states padded to 16 lanes
+    dict(nb=1, L=130, K=1, d=6, N=8, R=1, offset=True),  # MambaIRv2-Light's N = 8: one SIMD register of states
 ])
 @pytest.mark.parametrize("parts", [1, 3])  # whole heads per task (projections in the kernel), or channel slices
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -142,3 +143,36 @@ def test_fused_kernel_is_inference_only():
         torch.testing.assert_close(head_scan.scan_heads_projected(*args), y.detach(), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="activation"):
         head_scan.scan_heads_projected(*args[:-1], "gelu")
+
+
+@pytest.mark.parametrize("N", [8, 16, 5])
+def test_simd_recurrence_and_row_max_equal_their_loops(N):
+    """The LLVM vector code of the float32 kernels (state in 8 or 16 SIMD lanes; the row maximum of the attention
+    kernel) against the plain loops they replace (N = 5 takes the loop itself)."""
+    import numba
+    import numpy as np
+
+    from ssmir.ops import _numba_scan as k
+
+    @numba.njit
+    def run(T, e, bb, cb, dts, us, d_skip, h, ys, x):
+        k._recurrence(T, e, bb, cb, dts, us, d_skip, h, ys)
+        return k._row_max(x)
+
+    rng = np.random.default_rng(N)
+    T = 37
+    e = rng.uniform(0.5, 1.0, (64, N)).astype(np.float32)
+    bb, cb = (rng.standard_normal((64, N)).astype(np.float32) for _ in range(2))
+    dts, us = rng.uniform(0, 0.2, 64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    h0 = rng.standard_normal(N).astype(np.float32)
+    for x in (rng.standard_normal(48).astype(np.float32) - 50, rng.standard_normal(44).astype(np.float32)):
+        h, ys = h0.copy(), np.zeros(64, np.float32)
+        got_max = run(T, e, bb, cb, dts, us, np.float32(0.7), h, ys, x)
+        assert got_max == x.max()
+        h_ref, ys_ref = h0.astype(np.float64), np.zeros(64)
+        for j in range(T):
+            h_ref = e[j] * h_ref + dts[j] * us[j] * bb[j]
+            ys_ref[j] = cb[j] @ h_ref + 0.7 * us[j]
+        np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-5)
+        assert ys[T:].tolist() == [0.0] * (64 - T)
