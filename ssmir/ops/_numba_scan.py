@@ -317,6 +317,29 @@ def _vector_recurrence(groups: int):
     return recurrence
 
 
+@intrinsic
+def _prefetch(typingctx, a, i0, i1, i2, i3):
+    """Ask the CPU to bring the cache line of a[i0, i1, i2, i3] (a 4-D array) close: the token-layout kernels
+    read the tokens of their next block of steps in scan order, which the hardware prefetchers cannot guess
+    (MambaIRv2's semantic order jumps across the image)."""
+    if not (isinstance(a, types.Array) and a.ndim == 4 and all(isinstance(i, types.Integer) for i in (i0, i1, i2, i3))):
+        return None
+    sig = types.void(a, i0, i1, i2, i3)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        index = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], arr, index)
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                            "llvm.prefetch.p0")
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _recurrence_8 = _vector_recurrence(1)
 _recurrence_16 = _vector_recurrence(2)
 
@@ -590,6 +613,14 @@ def scan_tokens_infer(u, silu_in, xd, has_xd, WxT, Wdt, dt_bias, A, C_off, has_o
             T = min(L, t0 + chunk) - t0
             for j in range(T):
                 tok = order[ob, ki, t0 + j]
+                _prefetch(y, bi, tok, ki, c0)  # written after the block; the next block's inputs are read next
+                if t0 + chunk + j < L:
+                    nxt = order[ob, ki, t0 + chunk + j]
+                    _prefetch(u, bi, nxt, ki, c0 if has_xd else 0)
+                    _prefetch(u, bi, nxt, ki, c0 + nc - 1 if has_xd else dh - 1)
+                    if has_xd:
+                        _prefetch(xd, bi, nxt, ki, 0)
+                        _prefetch(xd, bi, nxt, ki, P - 1)
                 if has_xd:
                     for q in range(P):
                         xr[q] = xd[bi, tok, ki, q]
