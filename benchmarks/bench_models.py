@@ -17,6 +17,11 @@ the speed-up of each model (median over rounds of the ratio of their ratios) and
 issue's ratio divided by that speed-up: the issue's "ratio now" column was measured at commit 234f850 with a
 conv baseline timed on its own, which runs slower than the warm conv timed here, so its scale is reached
 through the speed-up rather than read off this script's ratio.
+
+``--retain-freed-memory`` applies ``ssmir.runtime.retain_freed_memory`` (what the ``ssmir`` command does) in the
+timed processes: ``both`` trees, or only the ``now`` tree (what a user of the command gets against the baseline's
+command); the default, ``none``, times glibc's default allocator, as the issue's numbers were taken. The setting is
+loaded from this checkout's ``ssmir/runtime.py``, so that it applies to an older tree as well.
 """
 
 from __future__ import annotations
@@ -35,7 +40,20 @@ ISSUE = {"eamamba-denoise-color": ((3.8, 4.0), 1.6), "eamambasr-light-x4": ((2.7
          "mambairv2light-sr-x4": ((6.0, 7.4), 2.0), "emambair-event-deblur": ((2.6, 2.6), 1.6)}
 
 
-def worker(name: str, size: int, repeat: int, threads: int) -> dict:
+def retain_freed_memory() -> bool:
+    """This checkout's ``ssmir.runtime.retain_freed_memory``, loaded by path (the timed tree may predate it)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ssmir", "runtime.py")
+    spec = importlib.util.spec_from_file_location("_ssmir_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.retain_freed_memory()
+
+
+def worker(name: str, size: int, repeat: int, threads: int, retain: bool = False) -> dict:
+    if retain and not retain_freed_memory():
+        raise SystemExit("--retain-freed-memory: glibc's mallopt is not available here")
     import resource
     import statistics
     import time
@@ -111,11 +129,13 @@ def main():
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--compare", metavar="DIR", help="another ssmir checkout to time against (see above)")
     p.add_argument("--rounds", type=int, default=3, help="with --compare: rounds of both trees")
-    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--retain-freed-memory", choices=("none", "both", "now"), default="none",
+                   help="keep freed memory in the timed processes (see above); without --compare, both = now")
+    p.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        name, size, repeat, threads = a.worker
-        print(json.dumps(worker(name, int(size), int(repeat), int(threads))))
+        name, size, repeat, threads, retain = a.worker
+        print(json.dumps(worker(name, int(size), int(repeat), int(threads), retain == "1")))
         return
     sizes = dict(CASES)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), NUMBA_NUM_THREADS=str(a.threads))
@@ -130,7 +150,8 @@ def main():
     rows = []
     for name in a.models:
         size = a.size or sizes.get(name, 128)
-        cmd = [sys.executable, __file__, "--worker", name, str(size), str(a.repeat), str(a.threads)]
+        cmd = [sys.executable, __file__, "--worker", name, str(size), str(a.repeat), str(a.threads),
+               "0" if a.retain_freed_memory == "none" else "1"]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             print(f"| {name} | {size}x{size} | failed: {out.stderr.strip().splitlines()[-1]} |")
@@ -144,8 +165,8 @@ def main():
             json.dump(rows, f, indent=1)
 
 
-def run_worker(name: str, size: int, a, env: dict, tree: str | None = None) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", name, str(size), str(a.repeat), str(a.threads)]
+def run_worker(name: str, size: int, a, env: dict, tree: str | None = None, retain: bool = False) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", name, str(size), str(a.repeat), str(a.threads), "1" if retain else "0"]
     env = dict(env, PYTHONPATH=tree) if tree else env
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or None)
     if out.returncode != 0:
@@ -163,12 +184,13 @@ def compare(a, sizes: dict, env: dict) -> None:
         for name in a.models:
             size = a.size or sizes.get(name, 128)
             for key, tree in (("base", os.path.abspath(a.compare)), ("now", here)):
-                res = run_worker(name, size, a, env, tree)
+                retain = a.retain_freed_memory == "both" or (key == "now" and a.retain_freed_memory == "now")
+                res = run_worker(name, size, a, env, tree, retain)
                 if res:
                     rows[name][key].append(res)
         print(f"round {r + 1} of {a.rounds} done", flush=True)
     print(f"\n{a.threads} threads, {a.rounds} rounds alternating the trees, median of {a.repeat} passes each; "
-          f"baseline tree: {a.compare}\n")
+          f"baseline tree: {a.compare}; freed memory retained: {a.retain_freed_memory}\n")
     print("| model | baseline forward (s) | ratio | now forward (s) | ratio | speed-up (ratio) | speed-up (time) "
           "| issue's ratio / speed-up | target |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

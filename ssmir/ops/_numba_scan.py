@@ -294,13 +294,13 @@ def _vector_recurrence(groups: int):
                 j = loop.index
                 ut = builder.load(builder.gep(u_a.data, [j]))
                 dtu = builder.fmul(builder.load(builder.gep(dt_a.data, [j])), ut, flags=_FAST)
-                dtu = builder.shuffle_vector(builder.insert_element(ir.Constant(_V8, ir.Undefined), dtu,
-                                                                    ir.Constant(_I32, 0)),
-                                             ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+                undef = ir.Constant(_V8, ir.Undefined)
+                dtu = builder.shuffle_vector(builder.insert_element(undef, dtu, ir.Constant(_I32, 0)), undef,
+                                             ir.Constant(ir.VectorType(_I32, 8), [0] * 8))  # in all 8 lanes
                 acc = None
                 for g in range(groups):
                     ev, bv, cv = (builder.load(vec_at(a, builder.add(builder.mul(j, row), ir.Constant(_I64, 8 * g))),
-                                               align=4) for a, row in zip((e_a, b_a, c_a), rows))
+                                               align=4) for a, row in zip((e_a, b_a, c_a), rows, strict=True))
                     hn = builder.fadd(builder.fmul(ev, builder.load(state[g]), flags=_FAST),
                                       builder.fmul(dtu, bv, flags=_FAST), flags=_FAST)
                     builder.store(hn, state[g])
@@ -328,7 +328,7 @@ def _prefetch(typingctx, a, i0, i1, i2, i3):
 
     def codegen(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
-        index = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
+        index = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:], strict=True)]
         ptr = cgutils.get_item_pointer(context, builder, signature.args[0], arr, index)
         i8p = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
@@ -803,3 +803,30 @@ def window_attention(q, k, v, bias, scale, out):
                     out[wi, hi, i0 + r, c + 1] = o1 * inv[r]
                     out[wi, hi, i0 + r, c + 2] = o2 * inv[r]
                     out[wi, hi, i0 + r, c + 3] = o3 * inv[r]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def layer_norm_rows(x, weight, bias, has_bias, eps, gate, y):
+    """y = ((x - mean) / sqrt(var + eps) * weight + bias) * silu(gate) per row of x and gate (rows, C), any row
+    strides; y (rows, C). One read of x and gate and one write of y per row (the Mamba mixers' output norm)."""
+    rows, C = x.shape
+    block = 64
+    one = eps / eps
+    inv_c = one / C
+    for t in numba.prange((rows + block - 1) // block):
+        for i in range(t * block, min(rows, (t + 1) * block)):
+            mean = eps - eps
+            for c in range(C):
+                mean += x[i, c]
+            mean *= inv_c
+            var = eps - eps
+            for c in range(C):
+                dv = x[i, c] - mean
+                var += dv * dv
+            r = one / np.sqrt(var * inv_c + eps)
+            for c in range(C):
+                v = (x[i, c] - mean) * r * weight[c]
+                if has_bias:
+                    v += bias[c]
+                g = gate[i, c]
+                y[i, c] = v * (g / (one + fast_exp(-g)))

@@ -10,6 +10,9 @@ import torch
 
 def main() -> None:
     job = json.loads(sys.stdin.read())
+    from ssmir.runtime import apply_from_environment
+
+    apply_from_environment()  # as the ssmir command that started this process
     from ssmir.models.loading import load_model
     from ssmir.models.registry import create
     from ssmir.profiling.flops import example_inputs
