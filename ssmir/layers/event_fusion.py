@@ -16,7 +16,6 @@ from torch import nn
 from ssmir.layers.norms import LayerNorm2d
 from ssmir.layers.ssm_heads import add_scan_parameters, four_way_scan, init_scan_parameters
 from ssmir.ops.linear import TokenLinear
-from ssmir.ops.norm import GatedLayerNorm
 
 TOPK_FRACTIONS = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
 
@@ -94,7 +93,7 @@ class FourWayScan(nn.Module):
         self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner)
         add_scan_parameters(self, 4, self.d_inner, d_state, math.ceil(d_model / 16))
         init_scan_parameters(self)
-        self.out_norm = GatedLayerNorm(self.d_inner)
+        self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = TokenLinear(self.d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -105,7 +104,7 @@ class FourWayScan(nn.Module):
         x = self.conv2d(x.view(b, h, w, self.d_inner).permute(0, 3, 1, 2))  # a channels-last view of the tokens
         x = x.permute(0, 2, 3, 1).reshape(b, length, self.d_inner)
         y = four_way_scan(self, x, h, w, activation="silu")  # (B, L, d_inner)
-        y = self.out_norm(y.to(z.dtype), z)  # norm(y) * silu(z) in one pass
+        y = self.out_norm(y.to(z.dtype)) * F.silu(z)
         return rearrange(self.out_proj(y), "b (h w) c -> b c h w", h=h, w=w)
 
 

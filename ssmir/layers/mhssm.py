@@ -17,12 +17,12 @@ import warnings
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ssmir.layers.ssm_heads import add_scan_parameters, init_scan_parameters, scan_tokens
 from ssmir.ops.linear import TokenLinear, token_linear_halves
-from ssmir.ops.norm import GatedLayerNorm
 from ssmir.ops.scan_orders import SCAN_COUNTS, SCAN_TYPES, all_around_orders
 
 MERGE_METHODS = ("add", "concate")
@@ -101,7 +101,7 @@ class MultiHeadSelectiveScan(nn.Module):
         else:
             self.conv = nn.Conv1d(self.d_inner, self.d_inner, cfg.d_conv, padding=cfg.d_conv - 1,
                                   groups=self.d_inner, bias=cfg.conv_bias)
-        self.out_norm = GatedLayerNorm(self.d_inner)
+        self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = TokenLinear(self.d_inner, d_model, bias=cfg.bias)
 
         add_scan_parameters(self, self.heads, self.d_head, self.d_state, self.dt_rank)
@@ -144,5 +144,7 @@ class MultiHeadSelectiveScan(nn.Module):
         y = scan_tokens(self, heads, all_around_orders(self.cfg.scan_type, k, h, w), activation="silu")
         y = y.reshape(b, length, k * d) if self.concat_heads else y.sum(dim=2)
 
-        y = self.out_norm(y.to(tokens.dtype), z)  # times silu(z) when there is a z branch, in one pass
+        y = self.out_norm(y.to(tokens.dtype))
+        if z is not None:
+            y = y * F.silu(z)
         return self._maybe_checkpoint(self.out_proj, y)

@@ -14,6 +14,7 @@ import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssmir.layers.ssm_heads import add_scan_parameters, four_way_scan, init_scan_parameters
@@ -28,7 +29,6 @@ from ssmir.models.mambairv2 import (
 )
 from ssmir.models.registry import register, register_detector
 from ssmir.ops.linear import TokenLinear
-from ssmir.ops.norm import GatedLayerNorm
 
 
 class DropPath(nn.Module):
@@ -103,7 +103,7 @@ class SS2D(nn.Module):
         self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner)
         add_scan_parameters(self, 4, self.d_inner, d_state, math.ceil(d_model / 16))
         init_scan_parameters(self)
-        self.out_norm = GatedLayerNorm(self.d_inner)
+        self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = TokenLinear(self.d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ class SS2D(nn.Module):
         x = self.conv2d(x.permute(0, 3, 1, 2))  # a channels-last view
         x = x.permute(0, 2, 3, 1).reshape(b, h * w, self.d_inner)
         y = four_way_scan(self, x, h, w, activation="silu").view(b, h, w, self.d_inner)
-        return self.out_proj(self.out_norm(y.to(z.dtype), z))  # norm(y) * silu(z) in one pass
+        return self.out_proj(self.out_norm(y.to(z.dtype)) * F.silu(z))
 
 
 class VSSBlock(nn.Module):

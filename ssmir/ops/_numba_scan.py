@@ -804,29 +804,3 @@ def window_attention(q, k, v, bias, scale, out):
                     out[wi, hi, i0 + r, c + 2] = o2 * inv[r]
                     out[wi, hi, i0 + r, c + 3] = o3 * inv[r]
 
-
-@numba.njit(parallel=True, cache=True, fastmath=True)
-def layer_norm_rows(x, weight, bias, has_bias, eps, gate, y):
-    """y = ((x - mean) / sqrt(var + eps) * weight + bias) * silu(gate) per row of x and gate (rows, C), any row
-    strides; y (rows, C). One read of x and gate and one write of y per row (the Mamba mixers' output norm)."""
-    rows, C = x.shape
-    block = 64
-    one = eps / eps
-    inv_c = one / C
-    for t in numba.prange((rows + block - 1) // block):
-        for i in range(t * block, min(rows, (t + 1) * block)):
-            mean = eps - eps
-            for c in range(C):
-                mean += x[i, c]
-            mean *= inv_c
-            var = eps - eps
-            for c in range(C):
-                dv = x[i, c] - mean
-                var += dv * dv
-            r = one / np.sqrt(var * inv_c + eps)
-            for c in range(C):
-                v = (x[i, c] - mean) * r * weight[c]
-                if has_bias:
-                    v += bias[c]
-                g = gate[i, c]
-                y[i, c] = v * (g / (one + fast_exp(-g)))
