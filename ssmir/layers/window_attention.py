@@ -119,8 +119,8 @@ def window_order(b: int, h: int, w: int, ws: int, shift: int) -> tuple[torch.Ten
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)`` for windows (W, heads, n, d) and a
     bias (1, heads, n, n); in float32 inference on CPU with n and d multiples of 4, the numba kernel
-    ``ssmir.ops._numba_scan.window_attention`` (MambaIRv2-Light's 12-channel heads: 16 ms against 21 ms for SDPA
-    per 64 windows of 256 tokens, docs/benchmarks.md). Its result is a (W, heads, n, d) view of a (W, n, heads,
+    ``ssmir.ops._numba_scan.window_attention`` (MambaIRv2-Light's 12-channel heads: 9.6 ms against 17-21 ms for
+    SDPA per 64 windows of 256 tokens, docs/benchmarks.md). Its result is a (W, heads, n, d) view of a (W, n, heads,
     d) tensor, as SDPA's CPU kernel returns."""
     w, heads, n, d = q.shape
     if (torch.is_grad_enabled() or q.device.type != "cpu" or q.dtype != torch.float32 or n % 4 or d % 4

@@ -15,6 +15,10 @@ memory kept between the two passes is ``(B, D, L / chunk, N)``.
 
 ``window_attention`` (MambaIRv2's window attention in inference) is here too, for the same vectorising ``exp``.
 
+Where LLVM does not vectorise a loop by itself, the float32 paths use small LLVM-IR intrinsics: the recurrence
+with the state in 8-lane registers (``_vector_recurrence``, N = 8 or 16), the maximum of a row (``_max_f32``),
+and ``_prefetch`` for the token rows the next block of a scan order will read.
+
 Array layouts (C-contiguous, one float dtype, float32 or float64):
     u, dt, y, dy: (B, D, L)      A: (D, N)      D: (D,)      B, C: (B, G, N, L)
 B and C are copied a block of steps at a time into small (steps, N) buffers, time before state, so that the
