@@ -257,13 +257,21 @@ def _f32_c_array(a, ndim: int) -> bool:
     return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == ndim and a.layout == "C"
 
 
-def _lanes_sum(builder, v):
-    """The sum of the 8 lanes of a <8 x float>, as halves added (4, 2, 1 lanes)."""
+def _lanes_reduce(builder, v, combine):
+    """The 8 lanes of a <8 x float> combined into one float, halves at a time (4, 2, 1 lanes)."""
     for width in (4, 2, 1):
         lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
         hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-        v = builder.fadd(lo, hi, flags=_FAST)
+        v = combine(lo, hi)
     return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _lanes_sum(builder, v):
+    return _lanes_reduce(builder, v, lambda a, b: builder.fadd(a, b, flags=_FAST))
+
+
+def _larger(builder, a, b):
+    return builder.select(builder.fcmp_ordered(">", a, b, flags=_FAST), a, b)
 
 
 def _vector_recurrence(groups: int):
@@ -688,20 +696,14 @@ def _max_f32(typingctx, x):
 
         builder.store(chunk(ir.Constant(_I64, 0)), best)
         with cgutils.for_range(builder, builder.udiv(n, ir.Constant(_I64, 8))) as loop:
-            v, b = chunk(loop.index), builder.load(best)
-            builder.store(builder.select(builder.fcmp_ordered(">", v, b, flags=_FAST), v, b), best)
-        v = builder.load(best)
-        for width in (4, 2, 1):
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-            v = builder.select(builder.fcmp_ordered(">", lo, hi, flags=_FAST), lo, hi)
-        return builder.extract_element(v, ir.Constant(_I32, 0))
+            builder.store(_larger(builder, chunk(loop.index), builder.load(best)), best)
+        return _lanes_reduce(builder, builder.load(best), lambda a, b: _larger(builder, a, b))
 
     return sig, codegen
 
 
 def _row_max(x):
-    """max(x) for a 1-D array."""
+    """max(x) for a non-empty 1-D array."""
     m = x[0]
     for j in range(x.shape[0]):
         m = max(m, x[j])
@@ -711,21 +713,13 @@ def _row_max(x):
 @overload(_row_max, inline="always")
 def _row_max_overload(x):
     if _f32_c_array(x, 1):
-        def vectorised(x):
-            if x.shape[0] % 8 == 0:
-                return _max_f32(x)
-            m = x[0]
-            for j in range(x.shape[0]):
-                m = max(m, x[j])
-            return m
+        def vectorised(x):  # float32, contiguous: whole 8-lane chunks in SIMD lanes
+            return _max_f32(x) if x.shape[0] % 8 == 0 else _row_max_loop(x)
         return vectorised
+    return lambda x: _row_max_loop(x)
 
-    def loop(x):
-        m = x[0]
-        for j in range(x.shape[0]):
-            m = max(m, x[j])
-        return m
-    return loop
+
+_row_max_loop = numba.njit(inline="always", fastmath=True, cache=True)(_row_max)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
