@@ -39,3 +39,20 @@ def test_retained_memory_is_reused_without_page_faults():
     pages = (64 << 20) // 4096
     assert faults_kept < 2 * pages  # the first block's pages only
     assert faults_default > 10 * pages  # every block, every page
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_command_applies_it_unless_told_not_to():
+    import os
+
+    code = ("from typer.testing import CliRunner; from ssmir.cli import app; import ssmir.runtime as rt; "
+            "assert CliRunner().invoke(app, ['models']).exit_code == 0; print(int(rt._applied))")
+    results = {}
+    for value in ("1", "0"):
+        env = dict(os.environ, SSMIR_RETAIN_FREED_MEMORY=value)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        results[value] = out.stdout.split()[-1]
+    assert results["0"] == "0"
+    assert results["1"] in ("0", "1")  # 0 only where glibc's mallopt is missing
+    if _run(None)[0]:
+        assert results["1"] == "1"
