@@ -308,7 +308,9 @@ class Trainer:
         for i in range(getattr(self.valid_data, "validation_count", len(self.valid_data))):
             *inputs, gt = self.valid_data.validation_sample(i, crop)
             lq = inputs[0]
-            pred = run_model(self.ema, *(t[None] for t in inputs))[0, :, : gt.shape[1], : gt.shape[2]].clamp(0, 1)
+            dev = next(self.ema.parameters()).device
+            pred = run_model(self.ema, *(t[None].to(dev) for t in inputs))[0, :, : gt.shape[1], : gt.shape[2]]
+            pred = pred.clamp(0, 1).cpu()
             base = psnr(lq[: gt.shape[0]].clamp(0, 1), gt) if lq.shape == gt.shape else float("nan")
             rows.append((psnr(pred, gt), ssim(pred, gt) if min(gt.shape[-2:]) > 20 else float("nan"), base))
             if i == 0 and self.validations % self.cfg["val_img_save_freq_mult"] == 0:
@@ -336,6 +338,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.output.mkdir(parents=True, exist_ok=True)
         model, optimizer = acc.prepare(self.model, self.optimizer)
+        self.ema.to(acc.device)  # the EMA copy follows the trained model (a GPU under accelerate)
         start, total = self.iteration + 1, cfg["total_iter"]
         loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=IterationBatches(cfg, start, total),
                                              num_workers=self.workers)
