@@ -257,6 +257,11 @@ def _f32_c_array(a, ndim: int) -> bool:
     return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == ndim and a.layout == "C"
 
 
+def _f32_recurrence_args(e, bb, cb, dts, us, h, ys) -> bool:
+    """The recurrence's arrays are float32 and C-contiguous (2-D blocks e, B, C; 1-D the rest): its SIMD form."""
+    return all(_f32_c_array(a, 2) for a in (e, bb, cb)) and all(_f32_c_array(a, 1) for a in (dts, us, h, ys))
+
+
 def _lanes_reduce(builder, v, combine):
     """The 8 lanes of a <8 x float> combined into one float, halves at a time (4, 2, 1 lanes)."""
     for width in (4, 2, 1):
@@ -281,8 +286,8 @@ def _vector_recurrence(groups: int):
 
     @intrinsic
     def recurrence(typingctx, T, e, bb, cb, dts, us, d_skip, h, ys):
-        if not (all(_f32_c_array(a, 2) for a in (e, bb, cb)) and all(_f32_c_array(a, 1) for a in (dts, us, h, ys))
-                and d_skip == types.float32 and isinstance(T, types.Integer)):
+        if not (_f32_recurrence_args(e, bb, cb, dts, us, h, ys) and d_skip == types.float32
+                and isinstance(T, types.Integer)):
             return None
         sig = types.void(T, e, bb, cb, dts, us, d_skip, h, ys)
 
@@ -372,7 +377,7 @@ def _recurrence(T, e, bb, cb, dts, us, d_skip, h, ys):
 
 @overload(_recurrence, inline="always", fastmath=True)
 def _recurrence_overload(T, e, bb, cb, dts, us, d_skip, h, ys):
-    if all(_f32_c_array(a, 2) for a in (e, bb, cb)) and all(_f32_c_array(a, 1) for a in (dts, us, h, ys)):
+    if _f32_recurrence_args(e, bb, cb, dts, us, h, ys):
         def vectorised(T, e, bb, cb, dts, us, d_skip, h, ys):  # float32: 8 or 16 states in SIMD registers
             if h.shape[0] == 8:
                 _recurrence_8(T, e, bb, cb, dts, us, d_skip, h, ys)
