@@ -63,7 +63,7 @@ _V1_LIGHT = dict(_V1, embed_dim=60, d_state=10, depths=[6] * 4, mlp_ratio=1.2, u
 
 def _entries() -> list[ZooEntry]:
     e = [
-        ZooEntry(DEFAULT_MODEL, "blind Gaussian colour denoising (sigma 0-50); the default model", "eamamba",
+        ZooEntry(DEFAULT_MODEL, "blind Gaussian colour denoising (sigma 0-55); the default model", "eamamba",
                  _EAMAMBA_SMALL, "configs/ssmir/denoise-color-small.yaml",
                  bundled_weights="weights/eamamba-small-denoise-blind.safetensors"),
         ZooEntry("eamamba-denoise-color", "Gaussian colour denoising (sigma 15/25/50)", "eamamba", _EAMAMBA,
