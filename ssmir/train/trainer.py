@@ -110,7 +110,8 @@ class Trainer:
         self._check_crops()
         if cfg.get("init_weights"):
             self._init_weights(self.base / cfg["init_weights"])
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # the EMA copy lives where the model trains (accelerate's device: a GPU where there is one)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.acc.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg["optimizer"])
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_scheduler"])
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
@@ -304,11 +305,10 @@ class Trainer:
         if self.basicsr:
             return self._validate_basicsr()
         crop = self.cfg["valid_dataset"].get("crop_size")
-        rows = []
+        rows, dev = [], self.acc.device
         for i in range(getattr(self.valid_data, "validation_count", len(self.valid_data))):
             *inputs, gt = self.valid_data.validation_sample(i, crop)
             lq = inputs[0]
-            dev = next(self.ema.parameters()).device
             pred = run_model(self.ema, *(t[None].to(dev) for t in inputs))[0, :, : gt.shape[1], : gt.shape[2]]
             pred = pred.clamp(0, 1).cpu()
             base = psnr(lq[: gt.shape[0]].clamp(0, 1), gt) if lq.shape == gt.shape else float("nan")
@@ -338,7 +338,6 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.output.mkdir(parents=True, exist_ok=True)
         model, optimizer = acc.prepare(self.model, self.optimizer)
-        self.ema.to(acc.device)  # the EMA copy follows the trained model (a GPU under accelerate)
         start, total = self.iteration + 1, cfg["total_iter"]
         loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=IterationBatches(cfg, start, total),
                                              num_workers=self.workers)
