@@ -288,14 +288,42 @@ def scan_heads_projected(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D,
                                 backend)
 
 
+# How ``head_linear`` multiplies: "auto" (block-diagonal GEMM when training on CUDA, einsum elsewhere), or
+# "einsum" / "blockdiag" everywhere. A module setting for benchmarks' A/B runs (benchmarks/bench_train_step.py).
+HEAD_PROJECTION = "auto"
+
+
+def head_linear(x, weight, method: str | None = None):
+    """Each head's own linear map, ``y[b, l, k] = weight[k] @ x[b, l, k]``: x (B, L, K, d), weight (K, c, d) ->
+    (B, L, K, c).
+
+    Written as ``einsum("blkd,kcd->blkc")`` (a batched GEMM over the heads), except where gradients are taken
+    on a CUDA device: there the einsum's weight gradient is K GEMMs of shape (c, B L) @ (B L, d), whose long
+    reduction and tiny output cuBLAS runs slowly (half of a training step's GPU time for the bundled
+    denoiser), so it is one GEMM with the block-diagonal (K c, K d) weight instead, K times the multiply-adds
+    but 4.8x faster forward+backward on an H200 (``benchmarks/bench_head_projection.py``). ``method``
+    (default ``HEAD_PROJECTION``) forces "einsum" or "blockdiag".
+    """
+    method = method or HEAD_PROJECTION
+    if method not in ("auto", "einsum", "blockdiag"):
+        raise ValueError(f"head_linear: method must be 'auto', 'einsum' or 'blockdiag', got {method!r}")
+    if method == "auto":
+        training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        method = "blockdiag" if x.is_cuda and training and not (exporting() or compiling()) else "einsum"
+    if method == "einsum":
+        return torch.einsum("blkd,kcd->blkc", x, weight)
+    nb, L, K, d = x.shape
+    return (x.reshape(nb, L, K * d) @ torch.block_diag(*weight.unbind(0)).t()).view(nb, L, K, -1)
+
+
 def _projected_reference(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders, c_offset, activation,
                          backend):
     if activation == "silu":
         u = F.silu(u)
     d_state, dt_rank = A.shape[1], dt_projs_weight.shape[2]
-    x_dbl = torch.einsum("blkd,kcd->blkc", u, x_proj_weight)  # (B, L, K, dt_rank + 2N)
+    x_dbl = head_linear(u, x_proj_weight)  # (B, L, K, dt_rank + 2N)
     dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
-    dts = torch.einsum("blkr,kdr->blkd", dts, dt_projs_weight)
+    dts = head_linear(dts, dt_projs_weight)
     ct = _compute_dtype(u)  # float32, or float64 for float64 inputs
     return scan_heads_in_orders(
         u.to(ct), dts.to(ct), A.to(ct), Bs.to(ct), Cs.to(ct), D.to(ct), delta_bias=dt_projs_bias.to(ct).view(-1),
