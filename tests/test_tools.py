@@ -83,3 +83,44 @@ def test_wallpaper_tool_records_provenance_and_downscales(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "wallpaper_photos.py"), "--root", str(root), "--out",
                            str(out)], capture_output=True, text=True)
     assert done.returncode != 0 and "Path" in done.stderr
+
+
+def test_wallpaper_tool_writes_the_evaluation_only_set_with_each_files_rights(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("wallpaper_photos", ROOT / "tools" / "wallpaper_photos.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert not set(tool.HELDOUT) & set(tool.PHOTOS)  # never a training package
+    package, (folder, names) = next(iter(tool.HELDOUT.items()))
+    root = tmp_path / "pkgroot"
+    doc = root / "usr/share/doc" / package
+    doc.mkdir(parents=True)
+    first, rest = names[0], names[1:]
+    (doc / "copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: *\nCopyright: 2008 The Team\nLicense: GPL-2+\n\n"
+        f"Files: nature/{first}\n       other/X.png\nCopyright: 2008, A. Photographer <a@example.org>\n"
+        "           2009, B. Editor\nLicense: CC-BY-SA-3.0\nComment: a comment\n\n"
+        + "Files: " + "\n       ".join(f"nature/{n}" for n in rest) + "\nCopyright: 2007, C. Lens\nLicense: GPL-2+\n")
+    rng = np.random.default_rng(1)
+    images = root / "usr/share/backgrounds" / folder
+    images.mkdir(parents=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(images / name)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "tools" / "wallpaper_photos.py"), "--root", str(root), "--out", str(out),
+           "--heldout", "--factor", "4"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    records = json.loads((out / "manifest.json").read_text())
+    assert [r["source"] for r in records] == [f"/usr/share/backgrounds/{folder}/{n}" for n in names]
+    assert records[0]["author"] == "2008, A. Photographer <a@example.org> 2009, B. Editor"
+    assert records[0]["licence"] == "CC-BY-SA-3.0"
+    assert {(r["author"], r["licence"]) for r in records[1:]} == {("2007, C. Lens", "GPL-2+")}
+    assert records[0]["size"] == [20, 12] and Image.open(out / records[0]["file"]).size == (20, 12)
+    (images / names[-1]).unlink()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode != 0 and names[-1] in done.stderr

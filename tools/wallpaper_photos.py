@@ -12,8 +12,13 @@ its JPEG artefacts and sensor noise fall below the 8-bit step, and written as ``
 the author and licence from the wallpaper's ``metadata.json``, the package's copyright statement, and the
 SHA-256 of the source file and of the written PNG. A photo whose file is missing is an error naming it.
 
-The backgrounds of other desktop environments and the sample folders of libraries are not used: the
-default model is also judged on held-out photos from such packages.
+The backgrounds of other desktop environments and the sample folders of libraries are not trained on: the
+default model is also judged on held-out photos from such packages. ``--heldout`` writes one such set instead,
+for evaluation only: the 12 nature photographs of Debian's ``mate-backgrounds`` (``HELDOUT``; each file's
+author and licence from the package's machine-readable copyright file), e.g. downscaled by 4:
+
+    apt-get download mate-backgrounds && dpkg -x mate-backgrounds_*.deb pkgroot
+    python tools/wallpaper_photos.py --root pkgroot --out datasets/heldout-mate --heldout --factor 4
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ from pathlib import Path
 PHOTOS = {
     "plasma-workspace-wallpapers": ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow",
                                     "FallenLeaf", "Grey", "OneStandsOut", "Path", "summer_1am"),
+}
+
+# Evaluation only, never in a training set: (package, folder under usr/share/backgrounds, files).
+HELDOUT = {
+    "mate-backgrounds": ("mate/nature", ("Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg",
+                                         "GreenMeadow.jpg", "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg",
+                                         "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg")),
 }
 
 
@@ -65,6 +77,19 @@ def copyright_of(root: Path, package: str) -> str:
     return f"{block.group(1).strip()} ({block.group(2).strip()})" if block else "see " + str(path)
 
 
+def file_rights(root: Path, package: str, relative: str) -> tuple[str, str]:
+    """(copyright holders, licence) of one file from the package's machine-readable (DEP-5) copyright file."""
+    text = (root / "usr/share/doc" / package / "copyright").read_text(errors="replace")
+    for stanza in re.split(r"\n\s*\n", text):
+        files = re.search(r"^Files:(.*?)(?=^\S)", stanza + "\nX", re.S | re.M)
+        if files and relative in files.group(1).split():
+            holders = re.search(r"^Copyright:(.*?)(?=^\S)", stanza + "\nX", re.S | re.M)
+            licence = re.search(r"^License:\s*(\S+)", stanza, re.M)
+            return (" ".join(holders.group(1).split()) if holders else "unknown",
+                    licence.group(1) if licence else "unknown")
+    return "unknown", "unknown"
+
+
 def largest_image(folder: Path) -> Path:
     from PIL import Image
 
@@ -88,37 +113,58 @@ def author_and_licence(folder: Path) -> tuple[str, str]:
     return authors, plugin.get("License", "unknown")
 
 
+def write_photo(a, source: Path, name: str, package: str, version: str, author: str, licence: str,
+                rights: str) -> dict:
+    """Downscale ``source`` by ``a.factor`` into ``a.out / name`` (atomically) and return its manifest record."""
+    from PIL import Image
+
+    with Image.open(source) as im:
+        rgb = im.convert("RGB")
+        size = (rgb.width // a.factor, rgb.height // a.factor)
+        small = rgb.resize(size, Image.LANCZOS)
+    target = a.out / name
+    tmp = target.with_name(f".{target.name}")
+    small.save(tmp, format="PNG")
+    tmp.replace(target)
+    record = {"file": target.name, "package": package, "version": version,
+              "source": "/" + str(source.relative_to(a.root)), "author": author, "licence": licence,
+              "package_copyright": rights, "source_sha256": sha256(source), "sha256": sha256(target),
+              "size": list(size)}
+    print(f"{target.name}: {size[0]}x{size[1]} from {record['source']} ({author}; {licence})")
+    return record
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("/"), help="system root or a dpkg -x folder [/]")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--factor", type=int, default=2, help="downscaling factor (Lanczos)")
+    p.add_argument("--heldout", action="store_true", help="write the evaluation-only set (HELDOUT) instead")
     a = p.parse_args()
-    from PIL import Image
 
     a.out.mkdir(parents=True, exist_ok=True)
     records = []
-    for package, names in PHOTOS.items():
-        version, rights = package_version(a.root, package), copyright_of(a.root, package)
-        for name in names:
-            folder = a.root / "usr/share/wallpapers" / name
-            if not folder.is_dir():
-                raise SystemExit(f"{folder}: missing (expected in {package})")
-            source = largest_image(folder)
-            with Image.open(source) as im:
-                rgb = im.convert("RGB")
-                size = (rgb.width // a.factor, rgb.height // a.factor)
-                small = rgb.resize(size, Image.LANCZOS)
-            target = a.out / f"{package}-{name}.png"
-            tmp = target.with_name(f".{target.name}")
-            small.save(tmp)
-            tmp.replace(target)
-            author, licence = author_and_licence(folder)
-            records.append({"file": target.name, "package": package, "version": version,
-                            "source": "/" + str(source.relative_to(a.root)), "author": author, "licence": licence,
-                            "package_copyright": rights, "source_sha256": sha256(source),
-                            "sha256": sha256(target), "size": list(size)})
-            print(f"{target.name}: {size[0]}x{size[1]} from {records[-1]['source']} ({author}; {licence})")
+    if a.heldout:
+        for package, (folder, names) in HELDOUT.items():
+            version, rights = package_version(a.root, package), copyright_of(a.root, package)
+            for name in names:
+                source = a.root / "usr/share/backgrounds" / folder / name
+                if not source.is_file():
+                    raise SystemExit(f"{source}: missing (expected in {package})")
+                relative = str(Path(folder).relative_to(Path(folder).parts[0]) / name)  # as the copyright file names it
+                author, licence = file_rights(a.root, package, relative)
+                records.append(write_photo(a, source, f"{package}-{Path(name).stem}.png", package, version, author,
+                                           licence, rights))
+    else:
+        for package, names in PHOTOS.items():
+            version, rights = package_version(a.root, package), copyright_of(a.root, package)
+            for name in names:
+                folder = a.root / "usr/share/wallpapers" / name
+                if not folder.is_dir():
+                    raise SystemExit(f"{folder}: missing (expected in {package})")
+                author, licence = author_and_licence(folder)
+                records.append(write_photo(a, largest_image(folder), f"{package}-{name}.png", package, version,
+                                           author, licence, rights))
     (a.out / "manifest.json").write_text(json.dumps(records, indent=2) + "\n")
     lines = ["| file | package (version) | source | author | licence | SHA-256 (png) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['file']} | {r['package']} ({r['version']}) | {r['source']} | {r['author']} | {r['licence']} | "
