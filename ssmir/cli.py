@@ -507,6 +507,12 @@ def train_cmd(
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
     stop_after: int | None = typer.Option(None, "--stop-after", help="Stop (and save last.pth) after this "
                                           "iteration; resume later with --resume last."),
+    time_budget: str | None = typer.Option(None, "--time-budget", help="Fit the run into this wall time (600s, "
+                                           "45m, 1.5h): time a short probe, then scale total_iter and the "
+                                           "schedule to what fits; the scaled config is written to the run "
+                                           "folder."),
+    probe_iters: int = typer.Option(40, "--probe-iters", help="Timed iterations of the --time-budget probe "
+                                    "(after 5 untimed ones)."),
 ):
     """Train with the official recipe; `accelerate launch -m ssmir train ...` for several processes."""
     from ssmir.train.config import ConfigError, load_config
@@ -525,6 +531,8 @@ def train_cmd(
         _fail(f"training needs {', '.join(missing)}: pip install 'ssmir[train]'")
     from ssmir.train.trainer import Trainer, TrainingError
     out = output or Path("runs") / config.stem
+    if time_budget is not None:
+        cfg = _fit_time_budget(cfg, out, time_budget, probe_iters, resume, stop_after, cpu, workers)
     try:
         trainer = Trainer(cfg, out, base=Path.cwd(), cpu=cpu, workers=workers, stop_after=stop_after)
         target = resume or cfg.get("resume")
@@ -542,6 +550,50 @@ def train_cmd(
             if result.get("input_psnr") == result.get("input_psnr"):  # not NaN: the input is comparable
                 extra += f" (input {result['input_psnr']:.2f} dB)"
         typer.echo(f"stopped at iteration {result['iteration']}{extra}; checkpoints in {out}")
+
+
+def _fit_time_budget(cfg: dict, out: Path, budget: str, probe_iters: int, resume, stop_after, cpu: bool,
+                     workers: int) -> dict:
+    """``cfg`` with its recipe scaled to what fits ``budget`` (``ssmir.train.budget``); the scaled config is
+    written to ``out/config.yaml``, from which an interrupted run resumes."""
+    import os
+    import time
+
+    import yaml
+
+    from ssmir.data.io import atomic_write
+    from ssmir.train.budget import BudgetError, iterations_for, parse_duration, probe_rate, scale_schedule
+    from ssmir.train.config import ConfigError
+    from ssmir.train.data import DataError
+    from ssmir.train.trainer import TrainingError
+
+    if resume or cfg.get("resume"):
+        _fail(f"--time-budget starts a new run; to resume a budgeted run use --config {out / 'config.yaml'} "
+              "--resume last")
+    if stop_after is not None:
+        _fail("--time-budget and --stop-after: give one of them")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fail("--time-budget works in a single process; under accelerate launch give total_iter or --stop-after")
+    if probe_iters < 1:
+        _fail(f"--probe-iters {probe_iters}: must be at least 1")
+    try:
+        seconds = parse_duration(budget)
+        start = time.monotonic()
+        rate = probe_rate(cfg, out / ".budget-probe", Path.cwd(), cpu=cpu, workers=workers, count=probe_iters)
+        left = seconds - (time.monotonic() - start)
+        n = iterations_for(cfg, left, rate)
+        if n < 1:
+            raise BudgetError(f"--time-budget {budget}: nothing fits; the probe took {seconds - left:.0f} s at "
+                              f"{rate:.3f} s per iteration")
+        scaled = scale_schedule(cfg, n)
+    except (BudgetError, ConfigError, DataError, TrainingError, ValueError) as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", lambda t: Path(t).write_text(yaml.safe_dump(scaled, sort_keys=False)))
+    typer.echo(f"time budget {budget}: {rate:.3f} s per iteration over {probe_iters} probe iterations, "
+               f"{left:.0f} s left -> {n} iterations (the config: {cfg['total_iter']}), schedule scaled by "
+               f"{n / cfg['total_iter']:.3g}; scaled config in {out / 'config.yaml'}")
+    return scaled
 
 
 def _load_model(arch: str | None, weights: Path | None, trust: bool):
