@@ -1,7 +1,8 @@
 """The per-head projection of the Mamba mixers, ``einsum("blkd,kcd->blkc")``, against other ways to write it.
 
-x (B, L, K, d) times each head's weight (K, c, d): the einsum ssmir uses (``ssmir.ops.head_scan``), a batched
-GEMM over contiguous heads, one GEMM with a block-diagonal (K c, K d) weight, and a loop of K linears; forward
+x (B, L, K, d) times each head's weight (K, c, d): the two forms of ``ssmir.ops.head_scan.head_linear`` (the
+einsum, and one GEMM with a block-diagonal (K c, K d) weight, which ssmir uses when training on CUDA), a batched
+GEMM over contiguous heads, and a loop of K linears; forward
 and forward+backward (gradients of x and the weight), median of 6. Each variant is checked against the einsum.
 Defaults: a training batch of the bundled denoiser at level 1 (B 16, L 128², K 8 heads, d 16, c = 1 + 2·16).
 
@@ -22,6 +23,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from ssmir.ops.head_scan import head_linear
+
     torch.manual_seed(0)
     dev = a.device
     B, L, K, d, c = a.shape
@@ -31,14 +34,14 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def f_einsum(u, W):
-        return torch.einsum("blkd,kcd->blkc", u, W)
+        return head_linear(u, W, "einsum")
 
     def f_bmm(u, W):  # (K, B L, d) @ (K, d, c)
         uk = u.reshape(B * L, K, d).transpose(0, 1)
         return torch.bmm(uk, W.transpose(1, 2)).transpose(0, 1).reshape(B, L, K, c)
 
     def f_blockdiag(u, W):
-        return (u.reshape(B, L, K * d) @ torch.block_diag(*W.unbind(0)).t()).view(B, L, K, c)
+        return head_linear(u, W, "blockdiag")
 
     def f_loop(u, W):
         return torch.stack([F.linear(u[:, :, k], W[k]) for k in range(K)], dim=2)

@@ -588,7 +588,6 @@ def _fit_time_budget(cfg: dict, out: Path, budget: str, probe_iters: int, resume
         scaled = scale_schedule(cfg, n)
     except (BudgetError, ConfigError, DataError, TrainingError, ValueError) as e:
         _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", lambda t: Path(t).write_text(yaml.safe_dump(scaled, sort_keys=False)))
     typer.echo(f"time budget {budget}: {rate:.3f} s per iteration over {probe_iters} probe iterations, "
                f"{left:.0f} s left -> {n} iterations (the config: {cfg['total_iter']}), schedule scaled by "

@@ -102,13 +102,13 @@ def test_wallpaper_tool_writes_the_evaluation_only_set_with_each_files_rights(tm
     (doc / "copyright").write_text(
         "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
         "Files: *\nCopyright: 2008 The Team\nLicense: GPL-2+\n\n"
-        f"Files: nature/{first}\n       other/X.png\nCopyright: 2008, A. Photographer <a@example.org>\n"
+        f"Files: {first}\n       other/X.png\nCopyright: 2008, A. Photographer <a@example.org>\n"
         "           2009, B. Editor\nLicense: CC-BY-SA-3.0\nComment: a comment\n\n"
-        + "Files: " + "\n       ".join(f"nature/{n}" for n in rest) + "\nCopyright: 2007, C. Lens\nLicense: GPL-2+\n")
+        + "Files: " + "\n       ".join(rest) + "\nCopyright: 2007, C. Lens\nLicense: GPL-2+\n")
     rng = np.random.default_rng(1)
     images = root / "usr/share/backgrounds" / folder
-    images.mkdir(parents=True)
     for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(images / name)
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "tools" / "wallpaper_photos.py"), "--root", str(root), "--out", str(out),

@@ -35,11 +35,12 @@ PHOTOS = {
                                     "FallenLeaf", "Grey", "OneStandsOut", "Path", "summer_1am"),
 }
 
-# Evaluation only, never in a training set: (package, folder under usr/share/backgrounds, files).
+# Evaluation only, never in a training set: (package, its folder under usr/share/backgrounds, files in it as the
+# package's copyright file names them).
 HELDOUT = {
-    "mate-backgrounds": ("mate/nature", ("Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg",
-                                         "GreenMeadow.jpg", "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg",
-                                         "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg")),
+    "mate-backgrounds": ("mate", tuple(f"nature/{n}.jpg" for n in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower"))),
 }
 
 
@@ -118,14 +119,13 @@ def write_photo(a, source: Path, name: str, package: str, version: str, author: 
     """Downscale ``source`` by ``a.factor`` into ``a.out / name`` (atomically) and return its manifest record."""
     from PIL import Image
 
+    from ssmir.data.io import atomic_write
+
     with Image.open(source) as im:
         rgb = im.convert("RGB")
         size = (rgb.width // a.factor, rgb.height // a.factor)
         small = rgb.resize(size, Image.LANCZOS)
-    target = a.out / name
-    tmp = target.with_name(f".{target.name}")
-    small.save(tmp, format="PNG")
-    tmp.replace(target)
+    target = atomic_write(a.out / name, lambda t: small.save(t, format="PNG"))
     record = {"file": target.name, "package": package, "version": version,
               "source": "/" + str(source.relative_to(a.root)), "author": author, "licence": licence,
               "package_copyright": rights, "source_sha256": sha256(source), "sha256": sha256(target),
@@ -151,8 +151,7 @@ def main():
                 source = a.root / "usr/share/backgrounds" / folder / name
                 if not source.is_file():
                     raise SystemExit(f"{source}: missing (expected in {package})")
-                relative = str(Path(folder).relative_to(Path(folder).parts[0]) / name)  # as the copyright file names it
-                author, licence = file_rights(a.root, package, relative)
+                author, licence = file_rights(a.root, package, name)
                 records.append(write_photo(a, source, f"{package}-{Path(name).stem}.png", package, version, author,
                                            licence, rights))
     else:
