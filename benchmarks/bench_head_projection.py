@@ -1,8 +1,9 @@
 """The per-head projection of the Mamba mixers, ``einsum("blkd,kcd->blkc")``, against other ways to write it.
 
-x (B, L, K, d) times each head's weight (K, c, d): the two forms of ``ssmir.ops.head_scan.head_linear`` (the
-einsum, and one GEMM with a block-diagonal (K c, K d) weight, which ssmir uses when training on CUDA), a batched
-GEMM over contiguous heads, and a loop of K linears; forward
+x (B, L, K, d) times each head's weight (K, c, d): the three forms of ``ssmir.ops.head_scan.head_linear`` (the
+einsum; one GEMM with a block-diagonal (K c, K d) weight, which ssmir uses when training on CUDA; "mixed", the
+einsum forward with a backward of large GEMMs, used when training on CPU), a batched GEMM over contiguous heads,
+and a loop of K linears; forward
 and forward+backward (gradients of x and the weight), median of 6. Each variant is checked against the einsum.
 Defaults: a training batch of the bundled denoiser at level 1 (B 16, L 128², K 8 heads, d 16, c = 1 + 2·16).
 
@@ -43,13 +44,17 @@ def main() -> None:
     def f_blockdiag(u, W):
         return head_linear(u, W, "blockdiag")
 
+    def f_mixed(u, W):
+        return head_linear(u, W, "mixed")
+
     def f_loop(u, W):
         return torch.stack([F.linear(u[:, :, k], W[k]) for k in range(K)], dim=2)
 
     base = torch.randn(B, L, K * d, device=dev)
     W = torch.randn(K, c, d, device=dev, requires_grad=True)
     g = ref = None
-    for name, f in [("einsum", f_einsum), ("bmm", f_bmm), ("blockdiag", f_blockdiag), ("loop", f_loop)]:
+    for name, f in [("einsum", f_einsum), ("bmm", f_bmm), ("blockdiag", f_blockdiag), ("mixed", f_mixed),
+                    ("loop", f_loop)]:
         x = base.clone().requires_grad_(True)
         W.grad = None
         out = f(x.view(B, L, K, d), W)

@@ -190,27 +190,11 @@ def scan_backward(u, dt, A, B, C, Dv, chunk, h_ckpt, dy, parts, du, ddt, dA_acc,
                     dtu = dt[bi, di, t] * u[bi, di, t]
                     for n in range(N):
                         h_buf[j + 1, n] = e_buf[j, n] * h_buf[j, n] + dtu * bb[j, n]
-                for t in range(t1 - 1, t0 - 1, -1):
-                    j = t - t0
-                    dtt = dt[bi, di, t]
-                    ut = u[bi, di, t]
-                    dyt = dy[bi, di, t]
-                    dD_acc += dyt * ut
-                    du_t = dyt * d_skip
-                    ddt_t = dyt * 0
-                    for n in range(N):
-                        b_tn = bb[j, n]
-                        dcb[j, n] += dyt * h_buf[j + 1, n]
-                        gn = g[n] + dyt * cb[j, n]
-                        e = e_buf[j, n]
-                        gd = gn * h_buf[j, n] * e  # dLoss / d(dt * A[n])
-                        ddt_t += gd * A[di, n] + gn * b_tn * ut
-                        dA_chunk[n] += gd * dtt
-                        dbb[j, n] += gn * dtt * ut
-                        du_t += gn * dtt * b_tn
-                        g[n] = gn * e
-                    du[bi, di, t] = du_t
-                    ddt[bi, di, t] = ddt_t
+                sl = slice(t0, t1)
+                _adjoint(t1 - t0, e_buf, h_buf, bb, cb, dt[bi, di, sl], u[bi, di, sl], dy[bi, di, sl], A[di], d_skip,
+                         g, dA_chunk, dcb, dbb, du[bi, di, sl], ddt[bi, di, sl])
+                for t in range(t0, t1):
+                    dD_acc += dy[bi, di, t] * u[bi, di, t]
                 dD_rows[di - d_start] += dD_acc
                 for n in range(N):
                     dA_row[n] += dA_chunk[n]
@@ -392,6 +376,139 @@ def _recurrence_overload(T, e, bb, cb, dts, us, d_skip, h, ys):
 _recurrence_loop = numba.njit(inline="always", fastmath=True, cache=True)(_recurrence)
 
 
+def _f32_adjoint_args(e, hb, bb, cb, dcb, dbb, dts, us, gys, a_row, g, dA, dus, ddts) -> bool:
+    return (all(_f32_c_array(a, 2) for a in (e, hb, bb, cb, dcb, dbb))
+            and all(_f32_c_array(a, 1) for a in (dts, us, gys, a_row, g, dA, dus, ddts)))
+
+
+def _vector_adjoint(groups: int):
+    """An intrinsic running ``_adjoint`` with the adjoint state and the dA sums in ``groups`` SIMD registers of
+    8 float32 lanes (N = 8 * groups), as ``_vector_recurrence`` does for the forward recurrence."""
+
+    @intrinsic
+    def adjoint(typingctx, T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts):
+        if not (_f32_adjoint_args(e, hb, bb, cb, dcb, dbb, dts, us, gys, a_row, g, dA, dus, ddts)
+                and d_skip == types.float32 and isinstance(T, types.Integer)):
+            return None
+        sig = types.void(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts)
+
+        def codegen(context, builder, signature, args):
+            arr = {name: context.make_array(signature.args[i])(context, builder, args[i]) for i, name in
+                   ((1, "e"), (2, "hb"), (3, "bb"), (4, "cb"), (5, "dts"), (6, "us"), (7, "gys"), (8, "a"),
+                    (10, "g"), (11, "dA"), (12, "dcb"), (13, "dbb"), (14, "dus"), (15, "ddts"))}
+            rows = {name: builder.udiv(cgutils.unpack_tuple(builder, arr[name].strides, 2)[0], ir.Constant(_I64, 4))
+                    for name in ("e", "hb", "bb", "cb", "dcb", "dbb")}  # row strides in elements
+
+            def vec_ptr(name, j, grp):  # the grp-th 8 lanes of row j (j None: a 1-D array)
+                offset = ir.Constant(_I64, 8 * grp)
+                if j is not None:
+                    offset = builder.add(builder.mul(j, rows[name]), offset)
+                return builder.bitcast(builder.gep(arr[name].data, [offset]), _V8.as_pointer())
+
+            def scalar(name, j):
+                return builder.load(builder.gep(arr[name].data, [j]))
+
+            def splat(x):
+                undef = ir.Constant(_V8, ir.Undefined)
+                return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(_I32, 0)), undef,
+                                              ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+            def fmul(a, b):
+                return builder.fmul(a, b, flags=_FAST)
+
+            def fadd(a, b):
+                return builder.fadd(a, b, flags=_FAST)
+
+            state, sums, a_vec = [], [], []
+            for grp in range(groups):
+                for slots, name in ((state, "g"), (sums, "dA")):
+                    slot = cgutils.alloca_once(builder, _V8)  # promoted to a register by LLVM
+                    builder.store(builder.load(vec_ptr(name, None, grp), align=4), slot)
+                    slots.append(slot)
+                a_vec.append(builder.load(vec_ptr("a", None, grp), align=4))
+            steps = context.cast(builder, args[0], signature.args[0], types.int64)
+            one = ir.Constant(_I64, 1)
+            with cgutils.for_range(builder, steps) as loop:
+                j = builder.sub(builder.sub(steps, one), loop.index)  # backwards in time
+                dtt, ut, dyt = scalar("dts", j), scalar("us", j), scalar("gys", j)
+                dyt_v, dtt_v, dtu_v = splat(dyt), splat(dtt), splat(fmul(dtt, ut))
+                s1 = s2 = None
+                for grp in range(groups):
+                    e_v = builder.load(vec_ptr("e", j, grp), align=4)
+                    h_prev = builder.load(vec_ptr("hb", j, grp), align=4)
+                    h_next = builder.load(vec_ptr("hb", builder.add(j, one), grp), align=4)
+                    b_v = builder.load(vec_ptr("bb", j, grp), align=4)
+                    c_v = builder.load(vec_ptr("cb", j, grp), align=4)
+                    dc_ptr, db_ptr = vec_ptr("dcb", j, grp), vec_ptr("dbb", j, grp)
+                    builder.store(fadd(builder.load(dc_ptr, align=4), fmul(dyt_v, h_next)), dc_ptr, align=4)
+                    gn = fadd(builder.load(state[grp]), fmul(dyt_v, c_v))
+                    gd = fmul(fmul(gn, h_prev), e_v)
+                    gb, ga = fmul(gn, b_v), fmul(gd, a_vec[grp])
+                    s1 = gb if s1 is None else fadd(s1, gb)
+                    s2 = ga if s2 is None else fadd(s2, ga)
+                    builder.store(fadd(builder.load(sums[grp]), fmul(gd, dtt_v)), sums[grp])
+                    builder.store(fadd(builder.load(db_ptr, align=4), fmul(gn, dtu_v)), db_ptr, align=4)
+                    builder.store(fmul(gn, e_v), state[grp])
+                s1, s2 = _lanes_sum(builder, s1), _lanes_sum(builder, s2)
+                builder.store(fadd(fmul(dyt, args[9]), fmul(dtt, s1)), builder.gep(arr["dus"].data, [j]))
+                builder.store(fadd(s2, fmul(ut, s1)), builder.gep(arr["ddts"].data, [j]))
+            for grp in range(groups):
+                builder.store(builder.load(state[grp]), vec_ptr("g", None, grp), align=4)
+                builder.store(builder.load(sums[grp]), vec_ptr("dA", None, grp), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return adjoint
+
+
+_adjoint_8 = _vector_adjoint(1)
+_adjoint_16 = _vector_adjoint(2)
+
+
+def _adjoint(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts):
+    """The adjoint recurrence of one channel over a block of T steps, from the last to the first: with hb
+    (T + 1, N) the states before each step and ``e`` exp(dt A), the adjoint state g (N,) (in place) takes
+    each step's output gradient gys[j] through C; dA (N,) accumulates, dcb and dbb (T, N) get the B and C
+    gradients added, dus and ddts (T,) get the u and dt gradients."""
+    zero = d_skip - d_skip
+    for i in range(T):
+        j = T - 1 - i
+        dtt, ut, dyt = dts[j], us[j], gys[j]
+        dtu = dtt * ut
+        s1 = zero
+        s2 = zero
+        for n in range(g.shape[0]):
+            dcb[j, n] += dyt * hb[j + 1, n]
+            gn = g[n] + dyt * cb[j, n]
+            gd = gn * hb[j, n] * e[j, n]
+            s1 += gn * bb[j, n]
+            s2 += gd * a_row[n]
+            dA[n] += gd * dtt
+            dbb[j, n] += gn * dtu
+            g[n] = gn * e[j, n]
+        dus[j] = dyt * d_skip + dtt * s1
+        ddts[j] = s2 + ut * s1
+
+
+@overload(_adjoint, inline="always", fastmath=True)
+def _adjoint_overload(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts):
+    if _f32_adjoint_args(e, hb, bb, cb, dcb, dbb, dts, us, gys, a_row, g, dA, dus, ddts):
+        def vectorised(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts):
+            if g.shape[0] == 8:
+                _adjoint_8(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts)
+            elif g.shape[0] == 16:
+                _adjoint_16(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts)
+            else:
+                _adjoint_loop(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts)
+        return vectorised
+    return lambda T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts: _adjoint_loop(
+        T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts)
+
+
+_adjoint_loop = numba.njit(inline="always", fastmath=True, cache=True)(_adjoint)
+
+
 @numba.njit(inline="always", fastmath=True, cache=True)
 def _channel_block(T, dts, us, a_row, d_skip, bb, cb, e, h, ys):
     """T steps of one channel from its state ``h`` (N,), updated in place: ``e`` (>= T, N) gets exp(dt A), then
@@ -520,26 +637,10 @@ def scan_tokens_backward(u, dt, A, B, C, C_off, has_off, Dv, order, chunk, h_ckp
                     dtu = db[c, j] * ub[c, j]
                     for n in range(N):
                         h_buf[j + 1, n] = e_buf[j, n] * h_buf[j, n] + dtu * bb[j, n]
-                for j in range(T - 1, -1, -1):
-                    dtt = db[c, j]
-                    ut = ub[c, j]
-                    dyt = gy[c, j]
-                    dD_acc += dyt * ut
-                    du_t = dyt * d_skip
-                    ddt_t = dyt * 0
-                    for n in range(N):
-                        b_tn = bb[j, n]
-                        dcb[j, n] += dyt * h_buf[j + 1, n]
-                        gn = g[n] + dyt * cb[j, n]
-                        ej = e_buf[j, n]
-                        gd = gn * h_buf[j, n] * ej
-                        ddt_t += gd * A[di, n] + gn * b_tn * ut
-                        dA_chunk[n] += gd * dtt
-                        dbb[j, n] += gn * dtt * ut
-                        du_t += gn * dtt * b_tn
-                        g[n] = gn * ej
-                    dub[c, j] = du_t
-                    ddb[c, j] = ddt_t
+                _adjoint(T, e_buf, h_buf, bb, cb, db[c], ub[c], gy[c], A[di], d_skip, g, dA_chunk, dcb, dbb,
+                         dub[c], ddb[c])
+                for j in range(T):
+                    dD_acc += gy[c, j] * ub[c, j]
                 dD_rows[c] += dD_acc
                 for n in range(N):
                     dA_row[n] += dA_chunk[n]

@@ -29,6 +29,7 @@ from ssmir.ops.selective_scan import (
     _compute_dtype,
     _numba_kernels,
     _set_numba_threads,
+    _sum_parts,
     resolve_backend,
     scan_flops,
     selective_scan,
@@ -58,19 +59,34 @@ def _check(u, delta, A, B, C, D, delta_bias, orders, c_offset):
     return orders
 
 
+# How ``_reference`` puts heads into their scan orders when the order is shared by the batch: "flat" (one
+# ``index_select`` of all heads' tokens, default) or "per-head" (one per head, as before: K times the
+# operations, i.e. kernel launches on a GPU). A module setting for benchmarks' A/B runs (bench_train_step.py).
+HEAD_GATHER = "flat"
+
+
 def _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offset, backend):
     """Gather every head into its order, ``selective_scan``, put the outputs back: (batch, L, heads, d).
 
-    Orders shared by the batch are applied per head with ``index_select`` (an exported graph then holds one
-    (L,) index per head, not an index of the features' size); per-image orders with ``gather``.
+    Orders shared by the batch are applied to all heads at once by one ``index_select`` over the (L * heads)
+    token-head rows (an exported graph then holds one (heads * L,) index, not an index of the features'
+    size); per-image orders with ``gather``.
     """
     nb, L, K, d = u.shape
     orders = orders.to(u.device)
     shared = orders.shape[0] == 1
+    inverse = torch.argsort(orders, dim=-1)  # step of each token
+    per_head = shared and HEAD_GATHER == "per-head"
+    if shared and not per_head:
+        heads = torch.arange(K, device=u.device)[:, None]
+        rows_in = (orders[0] * K + heads).reshape(-1)  # row k*L + t: token orders[k, t] of head k
+        rows_out = (inverse[0] + heads * L).t().reshape(-1)  # row tok*K + k: step inverse[k, tok] of head k
 
     def in_order(t):  # (batch, L, K, X) -> (batch, K, X, L), step t of head k holding token orders[k, t]
-        if shared:
+        if per_head:
             return torch.stack([t[:, :, k].index_select(1, orders[0, k]) for k in range(K)], dim=1).transpose(2, 3)
+        if shared:
+            return t.reshape(nb, L * K, -1).index_select(1, rows_in).view(nb, K, L, -1).transpose(2, 3)
         t = t.permute(0, 2, 3, 1)
         return torch.gather(t, 3, orders.expand(nb, K, L)[:, :, None, :].expand(-1, -1, t.shape[2], -1))
 
@@ -80,11 +96,11 @@ def _reference(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, c_offse
     y = selective_scan(in_order(u).reshape(nb, K * d, L), in_order(delta).reshape(nb, K * d, L), A, in_order(B),
                        Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus, backend=backend)
     y = y.view(nb, K, d, L)
-    inverse = torch.argsort(orders, dim=-1)  # step of each token
+    if per_head:
+        return torch.stack([y[:, k].index_select(2, inverse[0, k]) for k in range(K)], dim=1).permute(0, 3, 1, 2)
     if shared:
-        out = torch.stack([y[:, k].index_select(2, inverse[0, k]) for k in range(K)], dim=1)
-    else:
-        out = torch.gather(y, 3, inverse.expand(nb, K, L)[:, :, None, :].expand(-1, -1, d, -1))
+        return y.transpose(2, 3).reshape(nb, K * L, d).index_select(1, rows_out).view(nb, L, K, d)
+    out = torch.gather(y, 3, inverse.expand(nb, K, L)[:, :, None, :].expand(-1, -1, d, -1))
     return out.permute(0, 3, 1, 2)
 
 
@@ -126,13 +142,14 @@ def _numba_backward(dy, u, dt, A, B, C, C_off, D, orders, h_ckpt):
                            has_off, D.numpy(), orders.numpy(), _NUMBA_CHUNK, h_ckpt.numpy(), dy.contiguous().numpy(),
                            parts, du.numpy(), ddt.numpy(), dA.numpy(), dD.numpy(), dB_parts.numpy(),
                            dC_parts.numpy())
-    dC = dC_parts.sum(1)
+    dC = _sum_parts(dC_parts, 1)
     if has_off:  # by scan position: the token's dC at each step
         idx = orders.expand(nb, K, L).transpose(1, 2)[..., None].expand(-1, -1, -1, N)  # (nb, L, K, N)
         dC_off = torch.gather(dC, 1, idx)
     else:
         dC_off = u.new_empty(0)
-    return du, ddt, dA.sum(0).to(u.dtype), dB_parts.sum(1), dC, dC_off, dD.sum(0).to(u.dtype)
+    return du, ddt, dA.sum(0).to(u.dtype), _sum_parts(dB_parts, 1), dC, dC_off, dD.sum(0).to(u.dtype)
+
 
 
 def _setup_context(ctx, inputs, output):
@@ -288,32 +305,80 @@ def scan_heads_projected(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D,
                                 backend)
 
 
-# How ``head_linear`` multiplies: "auto" (block-diagonal GEMM when training on CUDA, einsum elsewhere), or
-# "einsum" / "blockdiag" everywhere. A module setting for benchmarks' A/B runs (benchmarks/bench_train_step.py).
+# How ``head_linear`` multiplies: "auto" (block-diagonal GEMM when training on CUDA, "mixed" when training on
+# CPU, einsum elsewhere), or "einsum" / "blockdiag" / "mixed" everywhere. A module setting for benchmarks' A/B
+# runs (benchmarks/bench_train_step.py).
 HEAD_PROJECTION = "auto"
+_METHODS = ("auto", "einsum", "blockdiag", "mixed")
 
 
-def head_linear(x, weight, method: str | None = None):
+def _block_diag(weight):  # (K, c, d) -> (K c, K d)
+    return torch.block_diag(*weight.unbind(0))
+
+
+class _MixedHeadLinear(torch.autograd.Function):
+    """The einsum forward, and a backward of large GEMMs: the input gradient through the block-diagonal weight
+    and the weight gradient as the diagonal blocks of one (K c, B L) @ (B L, K d) product, part by part of the
+    output's split (so the parts' gradients are never concatenated)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, sizes):
+        ctx.save_for_backward(x, weight)
+        ctx.sizes = sizes
+        return tuple(torch.einsum("blkd,kcd->blkc", x, weight).split(sizes, dim=3))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        nb, L, K, d = x.shape
+        rows = [g.reshape(nb * L, -1) for g in grads]  # (B L, K c_i), each part's gradient as it came
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            for g, w in zip(rows, weight.split(ctx.sizes, dim=1), strict=True):
+                dx = torch.addmm(dx, g, _block_diag(w)) if dx is not None else g @ _block_diag(w)
+            dx = dx.view(nb, L, K, d)
+        if ctx.needs_input_grad[1]:
+            xs = x.reshape(nb * L, K * d)
+            dw = torch.cat([(g.t() @ xs).view(K, -1, K, d).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+                            for g in rows], dim=1)
+        return dx, dw, None
+
+
+def head_linear(x, weight, method: str | None = None, split: list[int] | None = None):
     """Each head's own linear map, ``y[b, l, k] = weight[k] @ x[b, l, k]``: x (B, L, K, d), weight (K, c, d) ->
-    (B, L, K, c).
+    (B, L, K, c), or with ``split`` the tuple of its parts along c (``y.split(split, dim=3)``).
 
-    Written as ``einsum("blkd,kcd->blkc")`` (a batched GEMM over the heads), except where gradients are taken
-    on a CUDA device: there the einsum's weight gradient is K GEMMs of shape (c, B L) @ (B L, d), whose long
-    reduction and tiny output cuBLAS runs slowly (half of a training step's GPU time for the bundled
-    denoiser), so it is one GEMM with the block-diagonal (K c, K d) weight instead, K times the multiply-adds
-    but 4.8x faster forward+backward on an H200 (``benchmarks/bench_head_projection.py``). ``method``
-    (default ``HEAD_PROJECTION``) forces "einsum" or "blockdiag".
+    Written as ``einsum("blkd,kcd->blkc")`` (a batched GEMM over the heads) for inference. Where gradients are
+    taken, the einsum's backward is K GEMMs of shape (B L, c) @ (c, d) and (c, B L) @ (B L, d), whose tiny
+    inner or output sizes both cuBLAS and CPU BLAS run slowly. On a CUDA device it is then one GEMM with the
+    block-diagonal (K c, K d) weight, forward and backward: K times the multiply-adds but 4.8x faster on an
+    H200 (``benchmarks/bench_head_projection.py``; half of a training step's GPU time for the bundled
+    denoiser before). On CPU ("mixed") the forward stays the einsum (as fast as the block-diagonal GEMM) and
+    only the backward uses large GEMMs, part by part of ``split``, so that the parts' gradients (the scan's
+    dB, dC and the step's) are not concatenated first (``benchmarks/bench_train_step.py --projections``).
+    ``method`` (default ``HEAD_PROJECTION``) forces "einsum", "blockdiag" or "mixed".
     """
     method = method or HEAD_PROJECTION
-    if method not in ("auto", "einsum", "blockdiag"):
-        raise ValueError(f"head_linear: method must be 'auto', 'einsum' or 'blockdiag', got {method!r}")
+    if method not in _METHODS:
+        raise ValueError(f"head_linear: method must be one of {', '.join(map(repr, _METHODS))}, got {method!r}")
     if method == "auto":
         training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        method = "blockdiag" if x.is_cuda and training and not (exporting() or compiling()) else "einsum"
-    if method == "einsum":
-        return torch.einsum("blkd,kcd->blkc", x, weight)
-    nb, L, K, d = x.shape
-    return (x.reshape(nb, L, K * d) @ torch.block_diag(*weight.unbind(0)).t()).view(nb, L, K, -1)
+        if not training or exporting() or compiling():
+            method = "einsum"
+        else:
+            method = "blockdiag" if x.is_cuda else "mixed"
+    sizes = list(split) if split is not None else [weight.shape[1]]
+    if method == "mixed":
+        parts = _MixedHeadLinear.apply(x, weight, sizes)
+    else:
+        if method == "einsum":
+            y = torch.einsum("blkd,kcd->blkc", x, weight)
+        else:
+            nb, L, K, d = x.shape
+            y = (x.reshape(nb, L, K * d) @ _block_diag(weight).t()).view(nb, L, K, -1)
+        parts = y.split(sizes, dim=3)
+    return tuple(parts) if split is not None else parts[0]
 
 
 def _projected_reference(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D, orders, c_offset, activation,
@@ -321,8 +386,7 @@ def _projected_reference(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D,
     if activation == "silu":
         u = F.silu(u)
     d_state, dt_rank = A.shape[1], dt_projs_weight.shape[2]
-    x_dbl = head_linear(u, x_proj_weight)  # (B, L, K, dt_rank + 2N)
-    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
+    dts, Bs, Cs = head_linear(u, x_proj_weight, split=[dt_rank, d_state, d_state])  # (B, L, K, R / N / N)
     dts = head_linear(dts, dt_projs_weight)
     ct = _compute_dtype(u)  # float32, or float64 for float64 inputs
     return scan_heads_in_orders(

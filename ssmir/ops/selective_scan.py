@@ -275,7 +275,13 @@ class _NumbaScan(torch.autograd.Function):
         k.scan_backward(u.numpy(), dt.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), _NUMBA_CHUNK,
                         h_ckpt.numpy(), dy.contiguous().numpy(), parts, du.numpy(), ddt.numpy(), dA.numpy(),
                         dD.numpy(), dB_parts.numpy(), dC_parts.numpy())
-        return du, ddt, dA.sum(0).to(u.dtype), dB_parts.sum(2), dC_parts.sum(2), dD.sum(0).to(u.dtype)
+        return du, ddt, dA.sum(0).to(u.dtype), _sum_parts(dB_parts, 2), _sum_parts(dC_parts, 2), dD.sum(0).to(u.dtype)
+
+
+def _sum_parts(t, dim: int):
+    """The compiled backward kernels' per-task partial sums added up; one part is a view (a sum would zero-fill
+    and copy the whole tensor)."""
+    return t.select(dim, 0) if t.shape[dim] == 1 else t.sum(dim)
 
 
 def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

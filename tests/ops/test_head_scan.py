@@ -208,3 +208,89 @@ def test_head_linear_block_diagonal_equals_einsum_with_gradients(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="method"):
         head_scan.head_linear(x, w, "loop")
+
+
+def loops(u, delta, A, B, C, D, bias, orders, off):
+    """The definition with indexing by hand: every image and head gathered into its order with Python
+    indexing, one ``selective_scan_reference`` each, each output written back to its tokens."""
+    from ssmir.ops import selective_scan_reference
+
+    nb, L, K, d = u.shape
+    orders = orders if orders.dim() == 3 else orders[None].expand(nb, K, L)
+    rows = []
+    for b in range(nb):
+        heads = []
+        for k in range(K):
+            o, ch = orders[b, k], slice(k * d, (k + 1) * d)
+            c = C[b, o, k] + (off[b, :, k] if off is not None else 0)  # the offset by scan position
+            y = selective_scan_reference(u[b, o, k].t()[None], delta[b, o, k].t()[None], A[ch], B[b, o, k].t()[None],
+                                         c.t()[None], D[ch], delta_bias=bias[ch], delta_softplus=True)[0].t()
+            heads.append(torch.zeros_like(y).index_put((o,), y))  # token o[t] gets step t's output
+        rows.append(torch.stack(heads, dim=1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("gather", ["flat", "per-head"])
+@pytest.mark.parametrize("case", [
+    dict(nb=2, L=40, K=3, d=2, N=3),
+    dict(nb=1, L=30, K=4, d=3, N=2, expand=True),  # heads sharing their input (stride 0)
+    dict(nb=2, L=25, K=2, d=2, N=3, per_batch=True, offset=True),
+])
+def test_gathers_of_the_composition_equal_the_loop_definition(case, gather, monkeypatch):
+    # the one-index_select gather of all heads (default) and the per-head one: values and gradients
+    from ssmir.ops import head_scan
+
+    monkeypatch.setattr(head_scan, "HEAD_GATHER", gather)
+    tensors, orders, c_offset = make(**case)
+    y, g = _run(definition, tensors, orders, c_offset)
+    y_ref, g_ref = _run(loops, tensors, orders, c_offset)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for got, want in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert y.is_contiguous() == (gather == "flat" and not case.get("per_batch", False))
+
+
+@pytest.mark.parametrize("N", [8, 16, 5])
+def test_simd_adjoint_equals_autograd_of_the_recurrence(N):
+    """The backward kernels' adjoint recurrence over a block (LLVM vector code for float32 with N = 8 or 16, the
+    plain loop for N = 5) against PyTorch's autograd of the forward recurrence in float64."""
+    import numba
+    import numpy as np
+
+    from ssmir.ops import _numba_scan as k
+
+    @numba.njit
+    def run(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts):
+        k._adjoint(T, e, hb, bb, cb, dts, us, gys, a_row, d_skip, g, dA, dcb, dbb, dus, ddts)
+
+    gen = torch.Generator().manual_seed(N)
+    T, rows, d_skip = 37, 64, 0.7
+    h0, g_in, a = torch.randn(N, generator=gen), torch.randn(N, generator=gen), -torch.rand(N, generator=gen) - 0.5
+    dt, u, gys = torch.rand(T, generator=gen) * 0.2, torch.randn(T, generator=gen), torch.randn(T, generator=gen)
+    b, c = torch.randn(T, N, generator=gen), torch.randn(T, N, generator=gen)
+    leaves = [t.double().requires_grad_(True) for t in (h0, dt, u, b, c, a)]
+    h, (dt_, u_, b_, c_, a_) = leaves[0], leaves[1:]
+    states, ys = [h], []
+    for j in range(T):
+        h = torch.exp(dt_[j] * a_) * h + dt_[j] * u_[j] * b_[j]
+        states.append(h)
+        ys.append(c_[j] @ h + d_skip * u_[j])
+    loss = (torch.stack(ys) * gys.double()).sum() + (h * g_in.double()).sum()
+    want = [w.numpy() for w in torch.autograd.grad(loss, leaves)]
+
+    def block(x):  # (T, ...) into a (rows, ...) float32 buffer, as the kernels' block buffers
+        out = np.zeros((rows,) + tuple(x.shape[1:]), np.float32)
+        out[:len(x)] = x.detach().numpy()
+        return out
+
+    e = block(torch.exp(dt.double()[:, None] * a.double()))
+    hb = np.zeros((rows + 1, N), np.float32)
+    hb[:T + 1] = torch.stack(states).detach().numpy()
+    g, dA = g_in.numpy().copy(), np.zeros(N, np.float32)
+    dcb, dbb, dus, ddts = block(b * 0), block(b * 0), block(u * 0), block(u * 0)
+    run(T, e, hb, block(b), block(c), block(dt), block(u), block(gys), a.numpy().copy(), np.float32(d_skip), g, dA,
+        dcb, dbb, dus, ddts)
+    for got, ref in ((g, want[0]), (ddts[:T], want[1]), (dus[:T], want[2]), (dbb[:T], want[3]), (dcb[:T], want[4]),
+                     (dA, want[5])):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert dcb[T:].tolist() == [[0.0] * N] * (rows - T)
