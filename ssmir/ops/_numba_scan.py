@@ -16,7 +16,8 @@ memory kept between the two passes is ``(B, D, L / chunk, N)``.
 ``window_attention`` (MambaIRv2's window attention in inference) is here too, for the same vectorising ``exp``.
 
 Where LLVM does not vectorise a loop by itself, the float32 paths use small LLVM-IR intrinsics: the recurrence
-with the state in 8-lane registers (``_vector_recurrence``, N = 8 or 16), the maximum of a row (``_max_f32``),
+with the state in 8-lane registers (``_vector_recurrence``, N = 8 or 16) and the backward's adjoint recurrence
+likewise (``_vector_adjoint``), the maximum of a row (``_max_f32``),
 and ``_prefetch`` for the token rows the next block of a scan order will read.
 
 Array layouts (C-contiguous, one float dtype, float32 or float64):
@@ -259,6 +260,13 @@ def _lanes_sum(builder, v):
     return _lanes_reduce(builder, v, lambda a, b: builder.fadd(a, b, flags=_FAST))
 
 
+def _splat(builder, x):
+    """A float in all 8 lanes of a <8 x float>."""
+    undef = ir.Constant(_V8, ir.Undefined)
+    return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(_I32, 0)), undef,
+                                  ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+
 def _larger(builder, a, b):
     return builder.select(builder.fcmp_ordered(">", a, b, flags=_FAST), a, b)
 
@@ -295,9 +303,7 @@ def _vector_recurrence(groups: int):
                 j = loop.index
                 ut = builder.load(builder.gep(u_a.data, [j]))
                 dtu = builder.fmul(builder.load(builder.gep(dt_a.data, [j])), ut, flags=_FAST)
-                undef = ir.Constant(_V8, ir.Undefined)
-                dtu = builder.shuffle_vector(builder.insert_element(undef, dtu, ir.Constant(_I32, 0)), undef,
-                                             ir.Constant(ir.VectorType(_I32, 8), [0] * 8))  # in all 8 lanes
+                dtu = _splat(builder, dtu)
                 acc = None
                 for g in range(groups):
                     ev, bv, cv = (builder.load(vec_at(a, builder.add(builder.mul(j, row), ir.Constant(_I64, 8 * g))),
@@ -408,11 +414,6 @@ def _vector_adjoint(groups: int):
             def scalar(name, j):
                 return builder.load(builder.gep(arr[name].data, [j]))
 
-            def splat(x):
-                undef = ir.Constant(_V8, ir.Undefined)
-                return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(_I32, 0)), undef,
-                                              ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
-
             def fmul(a, b):
                 return builder.fmul(a, b, flags=_FAST)
 
@@ -431,7 +432,7 @@ def _vector_adjoint(groups: int):
             with cgutils.for_range(builder, steps) as loop:
                 j = builder.sub(builder.sub(steps, one), loop.index)  # backwards in time
                 dtt, ut, dyt = scalar("dts", j), scalar("us", j), scalar("gys", j)
-                dyt_v, dtt_v, dtu_v = splat(dyt), splat(dtt), splat(fmul(dtt, ut))
+                dyt_v, dtt_v, dtu_v = (_splat(builder, x) for x in (dyt, dtt, fmul(dtt, ut)))
                 s1 = s2 = None
                 for grp in range(groups):
                     e_v = builder.load(vec_ptr("e", j, grp), align=4)
