@@ -178,33 +178,41 @@ def test_simd_recurrence_and_row_max_equal_their_loops(N):
         assert ys[T:].tolist() == [0.0] * (64 - T)
 
 
-def test_head_linear_block_diagonal_equals_einsum_with_gradients(monkeypatch):
-    # the block-diagonal GEMM used for training on CUDA computes the einsum's values and gradients
+@pytest.mark.parametrize("method", ["blockdiag", "mixed"])
+@pytest.mark.parametrize("expand", [False, True])  # heads with their own channels, or sharing them (VMamba)
+def test_head_linear_forms_equal_einsum_with_gradients(method, expand, monkeypatch):
+    # the block-diagonal GEMM (training on CUDA) and the mixed form (training on CPU: einsum forward, large-GEMM
+    # backward, split parts) compute the einsum's values and gradients
     from ssmir.ops import head_scan
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 7, 3, 4, generator=g, dtype=torch.float64)[:, :, :, :3].requires_grad_(True)  # a view
     w = torch.randn(3, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     want = torch.einsum("blkd,kcd->blkc", x, w)
-    got = head_scan.head_linear(x, w, "blockdiag")
+    got = head_scan.head_linear(x, w, method)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     dy = torch.randn_like(want)
     gx, gw = torch.autograd.grad(want, (x, w), dy)
     hx, hw = torch.autograd.grad(got, (x, w), dy)
     torch.testing.assert_close(hx, gx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(hw, gw, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda a, b: head_scan.head_linear(a, b, "blockdiag"), (x, w))
+    assert torch.autograd.gradcheck(lambda a, b: head_scan.head_linear(a, b, method), (x, w))
+    parts = head_scan.head_linear(x, w, method, split=[1, 2, 2])  # as the mixers split (dt, B, C)
+    for part, ref in zip(parts, want.split([1, 2, 2], dim=3), strict=True):
+        torch.testing.assert_close(part, ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: head_scan.head_linear(a, b, method, split=[1, 2, 2])[1:], (x, w))
     # a whole projected scan with the setting forced gives the einsum's result and gradients
-    (u, _, A, _, _, D, bias), orders, _ = make(1, 30, 2, 3, 4)
+    (u, _, A, _, _, D, bias), orders, _ = make(1, 30, 2, 3, 4, expand=expand)
+    u = u.detach().requires_grad_(True)
     x_proj = torch.randn(2, 1 + 8, 3, dtype=torch.float64, requires_grad=True)
     dt_proj = torch.randn(2, 3, 1, dtype=torch.float64, requires_grad=True)
     args = (u, x_proj, dt_proj, bias.view(2, 3), A, D, orders, None, "silu")
     results = {}
-    for method in ("einsum", "blockdiag"):
-        monkeypatch.setattr(head_scan, "HEAD_PROJECTION", method)
+    for form in ("einsum", method):
+        monkeypatch.setattr(head_scan, "HEAD_PROJECTION", form)
         y = head_scan.scan_heads_projected(*args)
-        results[method] = (y, *torch.autograd.grad(y.square().sum(), (x_proj, dt_proj)))
-    for a, b in zip(results["einsum"], results["blockdiag"], strict=True):
+        results[form] = (y, *torch.autograd.grad(y.square().sum(), (u, x_proj, dt_proj)))
+    for a, b in zip(results["einsum"], results[method], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="method"):
         head_scan.head_linear(x, w, "loop")
