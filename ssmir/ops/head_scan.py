@@ -151,7 +151,6 @@ def _numba_backward(dy, u, dt, A, B, C, C_off, D, orders, h_ckpt):
     return du, ddt, dA.sum(0).to(u.dtype), _sum_parts(dB_parts, 1), dC, dC_off, dD.sum(0).to(u.dtype)
 
 
-
 def _setup_context(ctx, inputs, output):
     u, dt, A, B, C, C_off, D, orders, _need_grad = inputs
     ctx.save_for_backward(u, dt, A, B, C, C_off, D, orders, output[1])
@@ -366,8 +365,8 @@ def head_linear(x, weight, method: str | None = None, split: list[int] | None = 
         training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         if not training or exporting() or compiling():
             method = "einsum"
-        else:
-            method = "blockdiag" if x.is_cuda else "mixed"
+        else:  # other devices (MPS, XPU) keep the einsum: the other forms are unmeasured there
+            method = "blockdiag" if x.is_cuda else "mixed" if x.device.type == "cpu" else "einsum"
     sizes = list(split) if split is not None else [weight.shape[1]]
     if method == "mixed":
         parts = _MixedHeadLinear.apply(x, weight, sizes)
