@@ -16,7 +16,7 @@ and by CPU time.
     python benchmarks/bench_train_step.py --config configs/ssmir/denoise-color-small.yaml --backends numba torch
     python benchmarks/bench_train_step.py --device cuda --config configs/ssmir/denoise-color-small-v2-gpu.yaml \\
         --backends auto --projections einsum blockdiag --batch 16 32 --profile
-    python benchmarks/bench_train_step.py --config configs/ssmir/denoise-color-small-v2.yaml --backends torch \
+    python benchmarks/bench_train_step.py --config configs/ssmir/denoise-color-small-v2.yaml --backends torch \\
         --gathers per-head flat
 """
 
