@@ -31,7 +31,10 @@ def main(argv=None):
 
     if a.out.resolve() == a.weights.resolve():
         raise SystemExit(f"--out {a.out}: is the input file; choose another path")
-    model = ssmir.load_model(a.weights)
+    try:
+        model = ssmir.load_model(a.weights)
+    except (ValueError, OSError) as e:  # missing, corrupt or of another kind: one line, naming the file
+        raise SystemExit(f"--weights: {e}") from None
     try:
         grown = deepen_eamamba(model, a.num_blocks, a.refinement)
     except ValueError as e:

@@ -87,6 +87,10 @@ def test_grow_tool_writes_a_file_that_trains_from_the_same_output(tmp_path, caps
     with pytest.raises(SystemExit, match="is the input file"):
         tool.main(["--weights", str(tmp_path / "small.safetensors"), "--num-blocks", "1", "1", "1", "1",
                    "--refinement", "1", "--out", str(tmp_path / "small.safetensors")])
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="corrupt.safetensors"):
+        tool.main(["--weights", str(tmp_path / "corrupt.safetensors"), "--num-blocks", "1", "1", "1", "1",
+                   "--refinement", "1", "--out", str(tmp_path / "y.safetensors")])
     with pytest.raises(SystemExit, match="can grow, not shrink"):
         tool.main(["--weights", str(tmp_path / "big.safetensors"), "--num-blocks", "1", "1", "1", "1",
                    "--refinement", "1", "--out", str(tmp_path / "x.safetensors")])
