@@ -1,8 +1,8 @@
 """The training config: EAMamba's YAML schema (every official config loads unchanged), validated.
 
 Unknown keys and wrong types raise ``ConfigError`` naming the key. ssmir adds a few optional keys:
-``seed``, ``loss`` (``l1``, ``charbonnier``, or a weighted list of terms: ``ssmir.train.losses``),
-``mixed_precision`` (``no``, ``bf16``, ``fp16``). A BasicSR option
+``seed``, ``loss`` (``l1``, ``charbonnier``, ``mse``, or a weighted list of terms: ``ssmir.train.losses``),
+``loss_weight`` (a named loss's factor), ``mixed_precision`` (``no``, ``bf16``, ``fp16``). A BasicSR option
 file (a ``network_g`` section) is translated by ``ssmir.train.basicsr.from_options``, which also sets
 ``loss_weight``, ``warmup_iter`` and ``basicsr`` (BasicSR's validation and checkpoint layout).
 """

@@ -4,6 +4,9 @@ Kinds (``train_dataset.dataset.name``):
 
 - ``denoising-color-dataset``: clean images (``gt_data_file`` list or ``gt_dir``) plus Gaussian noise,
   ``sigma_type`` constant / random (uniform in ``sigma_range``) / choice, sigma on the 0-255 scale.
+  ``blur_probability`` (ssmir, default 0) blurs that share of the clean training crops with a defocus (disk)
+  kernel of a radius drawn uniformly from ``blur_radius`` (pixels, default ``[1, 6]``) before the noise is
+  added, so the target is the blurred crop: smooth, out-of-focus content for a network trained on sharp photos.
 - ``paired-dataset`` / ``sr-paired-dataset``: ``gt_data_file`` + ``lq_data_file`` lists (or ``gt_dir`` +
   ``lq_dir`` folders with matching names); the scale is the size ratio. ``lq2_data_file`` / ``lq2_dir`` adds
   a second input view (dual-pixel: the two views stacked as 6 channels).
@@ -103,6 +106,30 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: unreadable image ({e})") from None
 
 
+def disk_kernel(radius: float, supersample: int = 8) -> torch.Tensor:
+    """A defocus (pillbox) kernel: each tap is the share of its pixel inside a disk of ``radius`` pixels
+    (estimated on a ``supersample``² grid per pixel), normalised to sum 1. Size 2·ceil(radius)+1 square."""
+    if radius <= 0:
+        raise ValueError(f"disk radius must be positive, got {radius}")
+    half = math.ceil(radius)
+    sub = (torch.arange(supersample, dtype=torch.float64) + 0.5) / supersample - 0.5
+    pos = torch.arange(-half, half + 1, dtype=torch.float64)
+    fine = (pos[:, None] + sub[None, :]).reshape(-1)  # sample positions along one axis
+    inside = (fine[:, None] ** 2 + fine[None, :] ** 2 <= radius**2).to(torch.float64)
+    n = 2 * half + 1
+    taps = inside.reshape(n, supersample, n, supersample).mean(dim=(1, 3))
+    return (taps / taps.sum()).to(torch.float32)
+
+
+def defocus(img: torch.Tensor, radius: float) -> torch.Tensor:
+    """``img`` (C, H, W) convolved with ``disk_kernel(radius)``, edges mirrored (reflect padding)."""
+    k = disk_kernel(radius)
+    half = k.shape[0] // 2
+    c = img.shape[0]
+    padded = F.pad(img[None], (half,) * 4, mode="reflect")
+    return F.conv2d(padded, k.expand(c, 1, -1, -1).contiguous(), groups=c)[0]
+
+
 def _augment(tensors: list[torch.Tensor], mode: int) -> list[torch.Tensor]:
     """One of the 8 flips/rotations, the same for every tensor."""
     out = []
@@ -117,7 +144,8 @@ _KINDS = ("denoising-color-dataset", "paired-dataset", "sr-paired-dataset", "deg
           "event-sequence-dataset")
 _ARGS = {"gt_data_file", "lq_data_file", "lq2_data_file", "gt_dir", "lq_dir", "lq2_dir", "phase", "repeat", "augment",
          "sigma_type", "sigma_range", "degradation", "crop_size", "sequence_dir", "frames_per_blur", "bins",
-         "contrast_threshold", "threshold_sigma", "cache_mb", "consecutive", "task"}
+         "contrast_threshold", "threshold_sigma", "cache_mb", "consecutive", "task", "blur_probability",
+         "blur_radius"}
 
 
 class ImageCache:
@@ -293,6 +321,19 @@ class RestorationData(torch.utils.data.Dataset):
                 _image_size(p)
             if args.get("sigma_type", "constant") not in ("constant", "random", "choice"):
                 raise DataError(f"sigma_type {args['sigma_type']!r} is not constant, random or choice")
+        self.blur_probability, self.blur_radius = self._blur_args(args)
+
+    def _blur_args(self, args: dict) -> tuple[float, tuple[float, float]]:
+        p, r = args.get("blur_probability", 0.0), args.get("blur_radius", [1, 6])
+        if ("blur_probability" in args or "blur_radius" in args) and self.kind != "denoising-color-dataset":
+            raise DataError(f"dataset {self.kind}: blur_probability/blur_radius are for denoising-color-dataset")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise DataError(f"dataset {self.kind}: blur_probability must be a number in [0, 1], got {p!r}")
+        if (not isinstance(r, (list, tuple)) or len(r) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in r) or not 0 < r[0] <= r[1]):
+            raise DataError(f"dataset {self.kind}: blur_radius must be [low, high] pixels with 0 < low <= high, "
+                            f"got {r!r}")
+        return float(p), (float(r[0]), float(r[1]))
 
     def _check_pairs(self) -> int:
         scale = None
@@ -365,6 +406,8 @@ class RestorationData(torch.utils.data.Dataset):
             mode = int(rng.integers(8))
             gt, lq = _augment([gt, lq], mode) if lq is not None else (_augment([gt], mode)[0], None)
         if self.kind == "denoising-color-dataset":
+            if self.blur_probability > 0 and self.train and rng.random() < self.blur_probability:
+                gt = defocus(gt, float(rng.uniform(*self.blur_radius)))
             sigma = self._sigma(rng)
             lq = gt + torch.from_numpy(rng.standard_normal(gt.shape).astype(np.float32)) * (sigma / 255.0)
         elif self.kind == "degraded-dataset":

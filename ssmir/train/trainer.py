@@ -79,6 +79,20 @@ def charbonnier(pred, gt, eps=1e-3):
     return torch.sqrt((pred - gt) ** 2 + eps**2).mean()
 
 
+_PIXEL_LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier, "mse": F.mse_loss}
+
+
+def _pixel_loss(kind: str, weight: float = 1.0):
+    """The config's ``loss`` given by name (``l1``, ``charbonnier``, ``mse``), times ``loss_weight``."""
+    if kind not in _PIXEL_LOSSES:  # charbonnier-basicsr comes from BasicSR option files only
+        raise TrainingError(f"config key 'loss': {kind!r} is for BasicSR option files; use one of "
+                            f"{', '.join(_PIXEL_LOSSES)}")
+    fn = _PIXEL_LOSSES[kind]
+    if weight == 1.0:
+        return fn
+    return lambda pred, gt: weight * fn(pred, gt)
+
+
 def _plain(obj):
     """Checkpoint-safe copy of a state dict: Counters become dicts (``torch.load(weights_only=True)``)."""
     if isinstance(obj, collections.Counter):
@@ -115,13 +129,14 @@ class Trainer:
         self.optimizer = make_optimizer(self.model.parameters(), cfg["optimizer"])
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_scheduler"])
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
-        self.loss_fn = charbonnier if cfg["loss"] == "charbonnier" else F.l1_loss
         if isinstance(cfg["loss"], list):
             self._combined_loss(cfg)
-        if self.basicsr:
+        elif self.basicsr:
             from ssmir.train.basicsr import make_loss
 
             self.loss_fn = make_loss(cfg)
+        else:
+            self.loss_fn = _pixel_loss(cfg["loss"], float(cfg.get("loss_weight", 1.0)))
 
     def _combined_loss(self, cfg: dict) -> None:
         from ssmir.train.losses import CombinedLoss, LossError

@@ -154,6 +154,22 @@ def test_config_errors_name_the_key(tmp_path):
     assert load_config(path, ["total_iter=7", "optimizer.args.lr=1e-4"])["optimizer"]["args"]["lr"] == 1e-4
 
 
+def test_a_loss_named_in_the_config_is_the_loss_trained_with(tmp_path):
+    """Each named pixel loss against its definition, times loss_weight (``mse`` was once trained as L1)."""
+    torch.manual_seed(0)
+    pred, gt = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    diff = pred - gt
+    expected = {"l1": diff.abs().mean(), "mse": (diff**2).mean(),
+                "charbonnier": torch.sqrt(diff**2 + 1e-6).mean()}
+    for name, value in expected.items():
+        for weight in (1.0, 2.5):
+            trainer = Trainer(_config(tmp_path, 4, loss=name, loss_weight=weight), tmp_path / f"run-{name}",
+                              cpu=True, progress=False)
+            torch.testing.assert_close(trainer.loss_fn(pred, gt), weight * value)
+    with pytest.raises(TrainingError, match="'charbonnier-basicsr' is for BasicSR option files"):
+        Trainer(_config(tmp_path, 4, loss="charbonnier-basicsr"), tmp_path / "run-bad", cpu=True, progress=False)
+
+
 def test_data_errors_are_reported_by_path_before_training(tmp_path):
     with pytest.raises(DataError, match="nowhere: no such folder"):
         RestorationData({"name": "denoising-color-dataset", "args": {"gt_dir": str(tmp_path / "nowhere")}})
