@@ -9,6 +9,7 @@ pytest.importorskip("accelerate")
 from typer.testing import CliRunner  # noqa: E402
 
 from ssmir.cli import app  # noqa: E402
+from ssmir.train import budget  # noqa: E402
 from ssmir.train.budget import BudgetError, iterations_for, parse_duration, scale_schedule, step_cost  # noqa: E402
 from ssmir.train.config import load_config  # noqa: E402
 from ssmir.train.trainer import stage_at  # noqa: E402
@@ -60,18 +61,28 @@ def test_iterations_cost_later_stages_by_their_pixels(tmp_path):
     assert iterations_for(flat, 100.0, 0.5, margin=0.9) == 180
 
 
-def test_train_with_a_time_budget_runs_the_scaled_recipe_to_its_end(tmp_path):
+def test_train_with_a_time_budget_runs_the_scaled_recipe_to_its_end(tmp_path, monkeypatch):
     cfg = _config(tmp_path, 10_000, valid_dataset=None)  # far more than fits: the budget decides the length
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
+    # The real probe runs, but reports 60 s per iteration: 10 minutes then fit a handful of iterations however
+    # fast or loaded this machine is (a wall-clock budget of seconds failed on a busy CI machine).
+    probes, real_probe = [], budget.probe_rate
+
+    def slow_probe(*args, **kwargs):
+        probes.append(real_probe(*args, **kwargs))
+        return 60.0
+
+    monkeypatch.setattr("ssmir.train.budget.probe_rate", slow_probe)
     result = CliRunner().invoke(app, ["train", "--config", str(path), "--output", str(run), "--cpu",
-                                      "--time-budget", "20s", "--probe-iters", "3"])
+                                      "--time-budget", "10m", "--probe-iters", "3"])
     assert result.exit_code == 0, result.output
-    assert "time budget 20s" in result.output and "iterations (the config: 10000)" in result.output
+    assert len(probes) == 1 and probes[0] > 0
+    assert "time budget 10m" in result.output and "iterations (the config: 10000)" in result.output
     scaled = load_config(run / "config.yaml")  # the run's recipe, loadable for --resume
     n = scaled["total_iter"]
-    assert 1 <= n < 10_000
+    assert 1 <= n <= 9  # 0.9 x (600 s - the probe) / 60 s, the two stages costed by their pixels
     assert sum(scaled["lr_scheduler"]["args"]["periods"]) == n == sum(scaled["progressive_train"]["iters"])
     ckpt = torch.load(run / "last.pth", weights_only=True)
     assert ckpt["current_iter"] == n  # ran to the end of the scaled schedule
