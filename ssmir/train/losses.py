@@ -137,8 +137,11 @@ def temporal_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return ((pred[1:] - pred[:-1]) - (gt[1:] - gt[:-1])).abs().mean()
 
 
-def _charbonnier(pred, gt, eps=1e-3):
+def charbonnier(pred, gt, eps=1e-3):
     return torch.sqrt((pred - gt) ** 2 + eps**2).mean()
+
+
+PIXEL_LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier, "mse": F.mse_loss}  # the losses named by one word
 
 
 def parse_terms(spec) -> list[dict]:
@@ -195,12 +198,8 @@ class CombinedLoss(nn.Module):
         self.last = {}
         for term in self.terms:
             kind = term["type"]
-            if kind == "l1":
-                value = F.l1_loss(pred, gt)
-            elif kind == "mse":
-                value = F.mse_loss(pred, gt)
-            elif kind == "charbonnier":
-                value = _charbonnier(pred, gt)
+            if kind in PIXEL_LOSSES:
+                value = PIXEL_LOSSES[kind](pred, gt)
             elif kind == "perceptual":
                 value = next(perceptual).to(pred.device)(pred, gt)
             else:

@@ -30,6 +30,7 @@ from ssmir.eval.metrics import psnr, ssim
 from ssmir.models.loading import save_model
 from ssmir.models.registry import create
 from ssmir.train.data import make_dataset
+from ssmir.train.losses import PIXEL_LOSSES
 from ssmir.train.schedulers import make_optimizer, make_scheduler
 
 
@@ -75,19 +76,12 @@ def _stop_on_sigterm():
     return signal.signal(signal.SIGTERM, stop)
 
 
-def charbonnier(pred, gt, eps=1e-3):
-    return torch.sqrt((pred - gt) ** 2 + eps**2).mean()
-
-
-_PIXEL_LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier, "mse": F.mse_loss}
-
-
 def _pixel_loss(kind: str, weight: float = 1.0):
     """The config's ``loss`` given by name (``l1``, ``charbonnier``, ``mse``), times ``loss_weight``."""
-    if kind not in _PIXEL_LOSSES:  # charbonnier-basicsr comes from BasicSR option files only
+    if kind not in PIXEL_LOSSES:  # charbonnier-basicsr comes from BasicSR option files only
         raise TrainingError(f"config key 'loss': {kind!r} is for BasicSR option files; use one of "
-                            f"{', '.join(_PIXEL_LOSSES)}")
-    fn = _PIXEL_LOSSES[kind]
+                            f"{', '.join(PIXEL_LOSSES)}")
+    fn = PIXEL_LOSSES[kind]
     if weight == 1.0:
         return fn
     return lambda pred, gt: weight * fn(pred, gt)
