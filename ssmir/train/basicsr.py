@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ssmir.eval.basicsr import PARTITION_MODELS, WHOLE_MODELS, OptionError, network_spec
 from ssmir.train.config import ConfigError
+from ssmir.train.losses import PIXEL_LOSSES
 
 MODEL_TYPES = PARTITION_MODELS + WHOLE_MODELS
 
@@ -288,13 +288,9 @@ def make_loss(cfg: dict):
     kind = cfg["loss"]
 
     def loss(pred, gt):
-        if kind == "mse":
-            value = F.mse_loss(pred, gt)
-        elif kind == "charbonnier-basicsr":
-            value = torch.sqrt((pred - gt) ** 2 + eps).mean()
-        else:
-            value = F.l1_loss(pred, gt)
-        return weight * value
+        if kind == "charbonnier-basicsr":  # BasicSR's eps sits inside the root unsquared, unlike ssmir's
+            return weight * torch.sqrt((pred - gt) ** 2 + eps).mean()
+        return weight * PIXEL_LOSSES[kind](pred, gt)
 
     return loss
 

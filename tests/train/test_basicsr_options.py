@@ -145,6 +145,22 @@ def test_warmup_ema_loss_weight_and_pretrained_params_key(tmp_path):
     assert saved["current_iter"] == 1
 
 
+@pytest.mark.parametrize("kind, formula", [
+    ("L1Loss", lambda d: d.abs().mean()),
+    ("MSELoss", lambda d: (d**2).mean()),
+    ("CharbonnierLoss", lambda d: torch.sqrt(d**2 + 1e-12).mean()),  # BasicSR: eps inside the root, unsquared
+])
+def test_each_pixel_opt_type_is_the_loss_of_its_formula_times_loss_weight(tmp_path, kind, formula):
+    from ssmir.train.basicsr import make_loss
+
+    opt = _options(tmp_path / "d")
+    opt["train"]["pixel_opt"] = {"type": kind, "loss_weight": 0.5, "reduction": "mean"}
+    loss = make_loss(from_options(opt))
+    gen = torch.Generator().manual_seed(0)
+    pred, gt = torch.rand(2, 3, 5, 5, generator=gen), torch.rand(2, 3, 5, 5, generator=gen)
+    assert loss(pred, gt).item() == pytest.approx(0.5 * formula(pred - gt).item(), rel=1e-6)
+
+
 def test_degradation_tasks_and_augmentation(tmp_path):
     _data(tmp_path / "d")
     root = tmp_path / "d"
