@@ -207,7 +207,8 @@ class Trainer:
                                       f"{self.cfg['model']['name']!r}")
             load_state_dict_strict(self.model, sd, source=f"init_weights {path}")
         except CheckpointError as e:
-            raise TrainingError(str(e)) from None
+            msg = str(e)
+            raise TrainingError(msg if msg.startswith("init_weights") else f"init_weights: {msg}") from None
 
     def resume(self, path: Path) -> None:
         if Path(path).suffix == ".state":  # BasicSR's training_states/<iter>.state

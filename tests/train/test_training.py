@@ -108,6 +108,9 @@ def test_init_weights_fine_tunes_from_a_trained_model_and_refuses_another_archit
     with pytest.raises(TrainingError, match="mambairv2light"):
         Trainer(_config(tmp_path, 4, init_weights=str(tmp_path / "other.safetensors")), tmp_path / "bad", cpu=True,
                 progress=False)
+    with pytest.raises(TrainingError, match=r"^init_weights: .*missing\.safetensors: no such checkpoint file$"):
+        Trainer(_config(tmp_path, 4, init_weights=str(tmp_path / "missing.safetensors")), tmp_path / "bad2",
+                cpu=True, progress=False)
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
