@@ -196,19 +196,18 @@ class Trainer:
 
             try:
                 sd = read_network(path, self.basicsr["param_key_g"])
-                load_weights(self.model, sd, self.basicsr["strict_load_g"], f"pretrain_network_g {path}")
+                load_weights(self.model, sd, self.basicsr["strict_load_g"], str(path))
             except CheckpointError as e:
-                raise TrainingError(str(e)) from None
+                raise TrainingError(f"pretrain_network_g: {e}") from None
             return
         try:
             sd, spec = read_checkpoint(path, ema=True)
             if spec and spec.get("name") and spec["name"] != self.cfg["model"]["name"]:
                 raise CheckpointError(f"{path}: holds a {spec['name']!r} model, the config trains "
                                       f"{self.cfg['model']['name']!r}")
-            load_state_dict_strict(self.model, sd, source=f"init_weights {path}")
+            load_state_dict_strict(self.model, sd, source=str(path))
         except CheckpointError as e:
-            msg = str(e)
-            raise TrainingError(msg if msg.startswith("init_weights") else f"init_weights: {msg}") from None
+            raise TrainingError(f"init_weights: {e}") from None
 
     def resume(self, path: Path) -> None:
         if Path(path).suffix == ".state":  # BasicSR's training_states/<iter>.state
