@@ -343,6 +343,11 @@ def restore_cmd(
     tile_batch: int = typer.Option(1, "--tile-batch", help="Tiles per forward pass."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Self-ensemble over 4 flips (official)."),
     ensemble8: bool = typer.Option(False, "--ensemble8", help="Self-ensemble over 8 flips and rotations."),
+    wiener: bool = typer.Option(False, "--wiener", help="Denoisers: refine the output by collaborative Wiener "
+                                "filtering (BM3D's second stage, the network's output as pilot): +0.5 dB at sigma 25, "
+                                "about 16 s per megapixel on 2 CPU cores."),
+    sigma: float | None = typer.Option(None, "--sigma", help="Noise level (0-255) for --wiener [estimated from "
+                                       "each image]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     half: bool = typer.Option(False, "--half", help="Half precision on GPU."),
     compare: bool = typer.Option(False, "--compare", help="Also write <stem>_compare.png: input | output (| gt)."),
@@ -430,6 +435,12 @@ def restore_cmd(
         dev = pick_device(device)
     except ValueError as e:
         _fail(str(e))
+    if sigma is not None and not wiener:
+        _fail("--sigma is the noise level of the --wiener refinement: add --wiener")
+    if sigma is not None and not 0 <= sigma <= 255:
+        _fail(f"--sigma {sigma:g}: expected a noise level in [0, 255]")
+    if wiener and events is not None:
+        _fail("--wiener refines denoisers' outputs; event models take no --wiener")
     mode = 8 if ensemble8 else 4 if ensemble else 1
     failed, scores = [], []
     bar = tqdm(files, desc="restore", unit="image")
@@ -448,7 +459,8 @@ def restore_cmd(
             photo = load_photo(path)
             result = restore_photo(net, photo, dev, tile=tile or None, overlap=overlap, tile_batch=tile_batch,
                                    ensemble=mode, half=half, progress=True, exposure=windows.get(path, exposure),
-                                   events=None if events is None else events_for(path), event_reader=event_reader)
+                                   events=None if events is None else events_for(path), event_reader=event_reader,
+                                   wiener=wiener, sigma=sigma)
             save_photo(result, target)
             if video_mode and writer is not None:
                 writer.append(result.color)

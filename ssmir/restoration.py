@@ -81,8 +81,13 @@ def event_voxel(events, bins: int, height: int, width: int, exposure: tuple[floa
 
 def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: int | None = 512, overlap: int = 32,
                   tile_batch: int = 1, ensemble: int = 1, half: bool = False, progress: bool = False,
-                  events=None, exposure: tuple[float, float] | None = None, event_reader: str = "auto") -> Photo:
+                  events=None, exposure: tuple[float, float] | None = None, event_reader: str = "auto",
+                  wiener: bool = False, sigma: float | None = None) -> Photo:
     """Restore the colour channels of ``photo``; alpha and bit depth are kept.
+
+    ``wiener`` (denoisers): refine the network's output by collaborative Wiener filtering of the noisy photo
+    with the output as pilot (``ssmir.eval.wiener``), for the noise level ``sigma`` (on the 0-255 scale;
+    ``None``: estimated from the photo).
 
     ``events``: what ``event_voxel`` takes (an event file, an ``Events`` stream or the (bins, H, W) voxel grid)
     for the exposure window ``exposure``; required by event models and refused by the others.
@@ -109,6 +114,17 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
     extra = [e[None].expand(x.shape[0], -1, -1, -1).to(device=device, dtype=dtype) for e in extra]
     y = restore_tensor(model, x.to(device=device, dtype=dtype), *extra, ensemble=ensemble, tile=tile,
                        overlap=overlap, tile_batch=tile_batch, progress=progress).float().clamp(0, 1).cpu()
+    if wiener:
+        if extra or y.shape != x.shape:
+            raise ValueError("the Wiener refinement is for denoising models (output the size of the input, "
+                             f"no events); this model maps {tuple(x.shape[1:])} to {tuple(y.shape[1:])}")
+        if sigma is not None and not 0 <= sigma <= 255:
+            raise ValueError(f"sigma {sigma}: expected a noise level in [0, 255]")
+        from ssmir.eval.wiener import collaborative_wiener
+
+        noisy = x.float().cpu()
+        y = torch.stack([collaborative_wiener(noisy[b], y[b], None if sigma is None else sigma / 255)
+                         for b in range(y.shape[0])]).clamp(0, 1)
     if want == 1 and not gray_in:
         y = y.transpose(0, 1)
     if want == 3 and gray_in:
@@ -118,7 +134,7 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
 
 def restore(image, model: nn.Module | str | None = None, weights: str | Path | None = None, *, tile: int | None = 512,
             overlap: int = 32, ensemble: int = 1, device: str = "auto", half: bool = False, events=None,
-            exposure: tuple[float, float] | None = None):
+            exposure: tuple[float, float] | None = None, wiener: bool = False, sigma: float | None = None):
     """Restore ``image`` and return the result in the type it came in.
 
     ``image``: a path (returns an (H, W[, C]) float32 array in [0, 1]), a PIL image (returns a PIL image of the
@@ -126,13 +142,14 @@ def restore(image, model: nn.Module | str | None = None, weights: str | Path | N
     (C, H, W) / (B, C, H, W) in [0, 1] (same shape back).
     ``events`` (event models): an event file, an ``Events`` stream or a (bins, H, W) voxel grid, for the
     exposure window ``exposure`` (default: the whole stream).
+    ``wiener``/``sigma``: the collaborative Wiener refinement of denoisers' outputs (see ``restore_photo``).
     """
     net = resolve_model(model, weights)
     dev = pick_device(device)
 
     def run(photo: Photo) -> Photo:
         return restore_photo(net, photo, dev, tile=tile, overlap=overlap, ensemble=ensemble, half=half,
-                             events=events, exposure=exposure)
+                             events=events, exposure=exposure, wiener=wiener, sigma=sigma)
 
     if isinstance(image, (str, Path)):
         out = run(load_photo(image))
@@ -151,7 +168,7 @@ def restore(image, model: nn.Module | str | None = None, weights: str | Path | N
         arr = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else image.mode
                                        if image.mode in ("L", "RGB") else "RGB"))
         restored = restore(arr, net, tile=tile, overlap=overlap, ensemble=ensemble, device=device, half=half,
-                           events=events, exposure=exposure)
+                           events=events, exposure=exposure, wiener=wiener, sigma=sigma)
         return Image.fromarray(restored)
     arr = np.asarray(image)
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2, 3, 4))):
