@@ -122,9 +122,9 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
             raise ValueError(f"sigma {sigma}: expected a noise level in [0, 255]")
         from ssmir.eval.wiener import collaborative_wiener
 
-        noisy = x.float().cpu()
-        y = torch.stack([collaborative_wiener(noisy[b], y[b], None if sigma is None else sigma / 255)
-                         for b in range(y.shape[0])]).clamp(0, 1)
+        noisy, pilot = x.to(device=device, dtype=torch.float32), y.to(device)  # on the model's device
+        y = torch.stack([collaborative_wiener(noisy[b], pilot[b], None if sigma is None else sigma / 255)
+                         for b in range(y.shape[0])]).clamp(0, 1).cpu()
     if want == 1 and not gray_in:
         y = y.transpose(0, 1)
     if want == 3 and gray_in:
