@@ -97,6 +97,8 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
         raise ValueError("this model takes the exposure's events as well: give them (--events FILE)")
     if len(channels) == 1 and events is not None:
         raise ValueError("events were given but this model takes images only")
+    if wiener and sigma is not None and not 0 <= sigma <= 255:  # before the network's pass, not after it
+        raise ValueError(f"sigma {sigma}: expected a noise level in [0, 255]")
     extra = []
     if events is not None:
         extra = [event_voxel(events, channels[1], *photo.color.shape[:2], exposure=exposure, reader=event_reader)]
@@ -118,8 +120,6 @@ def restore_photo(model: nn.Module, photo: Photo, device: torch.device, tile: in
         if extra or y.shape != x.shape:
             raise ValueError("the Wiener refinement is for denoising models (output the size of the input, "
                              f"no events); this model maps {tuple(x.shape[1:])} to {tuple(y.shape[1:])}")
-        if sigma is not None and not 0 <= sigma <= 255:
-            raise ValueError(f"sigma {sigma}: expected a noise level in [0, 255]")
         from ssmir.eval.wiener import collaborative_wiener
 
         noisy, pilot = x.to(device=device, dtype=torch.float32), y.to(device)  # on the model's device

@@ -131,12 +131,12 @@ def collaborative_wiener(noisy: torch.Tensor, pilot: torch.Tensor, sigma: float 
         raise ValueError(f"collaborative_wiener: sigma must be >= 0, got {sigma}")
     dev = noisy.device
     out_dtype = noisy.dtype if noisy.is_floating_point() else torch.float32
+    if sigma == 0:
+        return pilot.to(out_dtype).clone()
     z, y = noisy.float(), pilot.float()
     if c == 3:
         opp = _OPP.to(dev)
         z, y = torch.einsum("ij,jhw->ihw", opp, z), torch.einsum("ij,jhw->ihw", opp, y)
-    if sigma == 0:
-        return pilot.to(out_dtype).clone()
     var = float(sigma) ** 2
 
     def grid(length: int) -> torch.Tensor:
