@@ -345,7 +345,7 @@ def restore_cmd(
     ensemble8: bool = typer.Option(False, "--ensemble8", help="Self-ensemble over 8 flips and rotations."),
     wiener: bool = typer.Option(False, "--wiener", help="Denoisers: refine the output by collaborative Wiener "
                                 "filtering (BM3D's second stage, the network's output as pilot): +0.5 dB at sigma 25, "
-                                "about 10 s per megapixel on 2 CPU cores."),
+                                "about 8 s per megapixel on 2 CPU cores."),
     sigma: float | None = typer.Option(None, "--sigma", help="Noise level (0-255) for --wiener [estimated from "
                                        "each image]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ssmir.cli import app
 from ssmir.eval.metrics import psnr
-from ssmir.eval.wiener import collaborative_wiener, estimate_sigma
+from ssmir.eval.wiener import _box_sums, _grid, collaborative_wiener, estimate_sigma
 
 
 def reference_wiener(z, y, sigma, patch, step, search, group):
@@ -47,6 +47,29 @@ def test_matches_the_plain_reference_on_a_grey_image():
     clean = rng.random((19, 17))
     z = clean + 0.1 * rng.standard_normal(clean.shape)
     y = clean + 0.03 * rng.standard_normal(clean.shape)  # a pilot: no two patch distances tie
+    kw = dict(patch=4, step=3, search=3, group=4)
+    ours = collaborative_wiener(torch.from_numpy(z)[None].float(), torch.from_numpy(y)[None].float(), 0.1, **kw)
+    ref = reference_wiener(z.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64), 0.1, **kw)
+    np.testing.assert_allclose(ours[0].numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(("patch", "step"), [(4, 3), (3, 2), (5, 5), (8, 3)])
+def test_box_sums_at_the_reference_corners_match_plain_sums(patch, step):
+    x = torch.rand(2, 13, 17, dtype=torch.float64)
+    for dim in (1, 2):
+        starts = _grid(x.shape[dim], patch, step)
+        assert starts[0] == 0 and starts[-1] == x.shape[dim] - patch
+        assert max(b - a for a, b in zip(starts[:-1], starts[1:], strict=True)) <= step
+        expected = torch.stack([x.narrow(dim, s, patch).sum(dim) for s in starts], dim)
+        torch.testing.assert_close(_box_sums(x, patch, step, dim), expected)
+
+
+@pytest.mark.parametrize("shape", [(20, 22), (22, 20)])
+def test_matches_the_plain_reference_with_a_last_row_and_column_off_the_stride(shape):
+    rng = np.random.default_rng(1)
+    clean = rng.random(shape)
+    z = clean + 0.1 * rng.standard_normal(shape)
+    y = clean + 0.03 * rng.standard_normal(shape)
     kw = dict(patch=4, step=3, search=3, group=4)
     ours = collaborative_wiener(torch.from_numpy(z)[None].float(), torch.from_numpy(y)[None].float(), 0.1, **kw)
     ref = reference_wiener(z.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64), 0.1, **kw)
